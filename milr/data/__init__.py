@@ -1,0 +1,1 @@
+"""Data shipped with milr: prompt sets copied with attribution (see each SOURCE.md)."""

@@ -1,0 +1,365 @@
+"""The three interfaces every component implements: ``Critic``, ``Search`` and ``MUGModel``.
+
+``MUGModel`` is shaped after Janus-Pro (Chen et al. 2025, arXiv 2501.17811) as used by MILR
+(Mi et al., "Improving Multimodal Image Generation via Test-Time Latent Reasoning",
+arXiv 2509.22761): one decoder-only transformer shared by text and image tokens; a text head
+(``lm_head``) and a separate image-generation head (``generation_head``) both read the
+final-normed last-layer hidden state; images are sampled with classifier-free guidance (CFG) from
+a pair of rows per image, the conditional prompt and an unconditional copy, fused as
+``u + w * (c - u)``; a VQ decoder maps image tokens to pixels.
+
+MILR's latents are those last-layer hidden states: ``z_t`` for the first fraction of the
+reasoning-text tokens and ``z_v`` (a [cond, uncond] pair per position) for the first fraction of
+the image tokens. Gradients reach them through the heads only (``text_head`` / ``image_head``),
+never through the transformer. A model therefore exposes:
+
+* ``encode_prompts``  -- encode prompts once; the returned state caches reusable prefixes (KV).
+* ``reason``          -- the greedy reasoning text (a plan), optionally forced to start with a
+  given token prefix, with the hidden state that produced each token.
+* ``image_context``   -- the cond/uncond image-generation prefix (prompt + plan), encoded once.
+* ``sample_image``    -- CFG sampling of image tokens, optionally forced to start with a given token
+  prefix, with the [cond, uncond] hidden states that produced each token.
+* ``text_head`` / ``image_head`` -- the heads, differentiable w.r.t. their input.
+* ``decode_image``    -- image tokens to pixels in [0, 1].
+* ``yes_probability`` -- understanding: P("yes") to a question about an image (self-judging).
+
+Conventions: images are float tensors ``[B, 3, H, W]`` in ``[0, 1]``; rewards are tensors ``[B]``
+where higher is better; batched calls are prompt-major (row ``r`` belongs to prompt
+``r // num_samples``).
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:  # keep ``import milr`` free of torch so ``milr list`` is fast
+    import torch
+
+    from milr.cards import CriticCard, ModelCard, SearchCard
+
+
+# ---------------------------------------------------------------------------------------------
+# Critics
+# ---------------------------------------------------------------------------------------------
+class Critic(ABC):
+    """Scores images against prompts. Higher is better; the card states the range.
+
+    Subclasses implement :meth:`score`. ``metadata`` items follow GenEval's schema where a critic
+    needs structure (``tag``, ``include`` [{class, count, color?, position?}], ``exclude``).
+    A critic whose constructor has a ``model`` parameter receives the loaded MUG model (this is
+    how ``self_judge`` reuses the generator's weights).
+    """
+
+    card: "CriticCard | None" = None
+    registry_name: str | None = None
+
+    @abstractmethod
+    def score(self, images: "torch.Tensor", prompts: list[str], metadata: list[dict]) -> "torch.Tensor":
+        """Return ``Tensor[B]`` of rewards for ``images`` ``[B, 3, H, W]`` in ``[0, 1]``."""
+
+    def identity(self) -> str:
+        """A string that changes whenever scores could change (name, arguments, weights, version).
+
+        Used as part of the score-cache key. Subclasses with weights should include a weight hash.
+        """
+        args = getattr(self, "init_args", {})
+        return f"{self.registry_name or type(self).__name__}:{sorted(args.items())!r}"
+
+    @property
+    def name(self) -> str:
+        return self.registry_name or type(self).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# Budget
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class TokenCounter:
+    """Generator tokens decoded by a model, counting both CFG rows of an image token."""
+
+    text_tokens: int = 0
+    image_tokens: int = 0
+
+    def add_text(self, n: int) -> None:
+        self.text_tokens += int(n)
+
+    def add_image(self, n: int) -> None:
+        self.image_tokens += int(n)
+
+
+@dataclass
+class Budget:
+    """Caps on the compute one prompt may use; ``None`` means no cap."""
+
+    text_tokens: Optional[int] = None
+    image_tokens: Optional[int] = None
+    generator_tokens: Optional[int] = None  # text + image
+    critic_calls: Optional[int] = None  # images scored by the (combined) critic
+    seconds: Optional[float] = None
+
+
+class BudgetLedger:
+    """One ledger for every search strategy: generator tokens, critic calls and wall seconds.
+
+    The model counts the tokens it decodes in its :class:`TokenCounter`; the ledger reports the
+    difference since :meth:`start`, so strategies compared under one budget spend the same compute.
+    """
+
+    def __init__(self, budget: Budget | None = None, counter: TokenCounter | None = None):
+        self.budget = budget or Budget()
+        self.counter = counter or TokenCounter()
+        self.start()
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+        self._text0 = self.counter.text_tokens
+        self._image0 = self.counter.image_tokens
+        self.critic_calls = 0
+
+    @property
+    def text_tokens(self) -> int:
+        return self.counter.text_tokens - self._text0
+
+    @property
+    def image_tokens(self) -> int:
+        return self.counter.image_tokens - self._image0
+
+    @property
+    def generator_tokens(self) -> int:
+        return self.text_tokens + self.image_tokens
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self._t0
+
+    def add_critic_calls(self, n: int) -> None:
+        self.critic_calls += int(n)
+
+    def exhausted(self) -> bool:
+        b = self.budget
+        return any(
+            cap is not None and used >= cap
+            for cap, used in (
+                (b.text_tokens, self.text_tokens),
+                (b.image_tokens, self.image_tokens),
+                (b.generator_tokens, self.generator_tokens),
+                (b.critic_calls, self.critic_calls),
+                (b.seconds, self.seconds),
+            )
+        )
+
+    def snapshot(self) -> dict[str, float]:
+        return {
+            "text_tokens": self.text_tokens,
+            "image_tokens": self.image_tokens,
+            "generator_tokens": self.generator_tokens,
+            "critic_calls": self.critic_calls,
+            "seconds": round(self.seconds, 4),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# MUG models
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class TextResult:
+    """Greedy reasoning text for a batch of prompts.
+
+    ``ids[r]`` are the generated reasoning tokens of row ``r`` (no EOS). ``hidden[r]`` is
+    ``[len(ids[r]), H]``: the last-layer state whose ``text_head`` gives the logits that chose
+    ``ids[r][i]`` (detached).
+    """
+
+    ids: list["torch.Tensor"]
+    texts: list[str]
+    hidden: list["torch.Tensor"]
+
+
+@dataclass
+class ImageResult:
+    """Sampled image tokens ``[R, N]`` and the ``[R, N, 2, H]`` (cond, uncond) states behind them."""
+
+    tokens: "torch.Tensor"
+    hidden: Optional["torch.Tensor"]
+    cfg: float
+    temperature: float
+
+
+def fuse_cfg(cond: "torch.Tensor", uncond: "torch.Tensor", cfg: float) -> "torch.Tensor":
+    """Classifier-free guidance as Janus applies it: ``u + w * (c - u)``."""
+    return uncond + cfg * (cond - uncond)
+
+
+class MUGModel(ABC):
+    """A unified multimodal understanding-and-generation model, as the latent search needs it.
+
+    Attributes every implementation sets: ``card``, ``image_tokens`` (tokens per image),
+    ``hidden_size``, ``default_cfg``, ``default_temperature``, ``device``, ``dtype`` and
+    ``counter`` (a :class:`TokenCounter` the model increments for every token it decodes,
+    counting both CFG rows of an image token).
+    """
+
+    card: "ModelCard | None" = None
+    registry_name: str | None = None
+    image_tokens: int
+    hidden_size: int
+    default_cfg: float
+    default_temperature: float
+    counter: TokenCounter
+
+    # -- prompts and reasoning ---------------------------------------------------------------
+    @abstractmethod
+    def encode_prompts(self, prompts: list[str]) -> Any:
+        """Encode the reasoning-stage prefix of each prompt once; the state caches it (KV)."""
+
+    @abstractmethod
+    def reason(
+        self,
+        state: Any,
+        prefix_ids: Optional[list["torch.Tensor"]] = None,
+        max_new_tokens: Optional[int] = None,
+        use_prompt_cache: bool = True,
+    ) -> TextResult:
+        """Greedy reasoning text. With ``prefix_ids`` the first tokens are forced, then continued.
+
+        ``hidden`` covers the forced positions too, so a search can re-read them.
+        ``use_prompt_cache=False`` recomputes the prompt prefix (for tests of cache reuse).
+        """
+
+    @abstractmethod
+    def image_context(self, state: Any, plans: Optional[list[str]] = None) -> Any:
+        """Encode the cond and uncond image-generation prefix (prompt, plus ``plans`` if given)."""
+
+    @abstractmethod
+    def sample_image(
+        self,
+        context: Any,
+        num_samples: int = 1,
+        prefix_tokens: Optional["torch.Tensor"] = None,
+        cfg: Optional[float] = None,
+        temperature: Optional[float] = None,
+        generator: Optional["torch.Generator"] = None,
+        return_hidden: bool = True,
+        use_prompt_cache: bool = True,
+    ) -> ImageResult:
+        """Sample ``num_samples`` images per prompt of ``context`` with CFG.
+
+        ``prefix_tokens`` (``[R, L]`` with ``R = B * num_samples``) forces the first ``L`` image
+        tokens; the rest are sampled. Hidden states of all ``N`` positions are returned.
+        """
+
+    @abstractmethod
+    def decode_image(self, tokens: "torch.Tensor") -> "torch.Tensor":
+        """Image tokens ``[R, N]`` to pixels ``[R, 3, H, W]`` in ``[0, 1]``."""
+
+    # -- heads ---------------------------------------------------------------------------------
+    @abstractmethod
+    def text_head(self, hidden: "torch.Tensor") -> "torch.Tensor":
+        """Text logits from last-layer states (differentiable w.r.t. ``hidden``)."""
+
+    @abstractmethod
+    def image_head(self, hidden: "torch.Tensor") -> "torch.Tensor":
+        """Image-token logits from last-layer states of one CFG row (differentiable)."""
+
+    def image_logits(self, hidden_pair: "torch.Tensor", cfg: Optional[float] = None) -> "torch.Tensor":
+        """CFG-fused image logits from ``[..., 2, H]`` (cond, uncond) states."""
+        w = self.default_cfg if cfg is None else cfg
+        return fuse_cfg(self.image_head(hidden_pair[..., 0, :]), self.image_head(hidden_pair[..., 1, :]), w)
+
+    # -- understanding -------------------------------------------------------------------------
+    @abstractmethod
+    def yes_probability(self, images: "torch.Tensor", questions: list[str]) -> "torch.Tensor":
+        """P(answer is yes) for each (image, question) pair; ``Tensor[B]`` in [0, 1]."""
+
+    # -- helpers -------------------------------------------------------------------------------
+    def decode_text(self, ids: "torch.Tensor") -> str:  # pragma: no cover - models override
+        raise NotImplementedError
+
+    def generate(self, prompts: list[str], num_samples: int = 1, reasoning: bool = True, generator=None):
+        """Plain generation: reasoning text, then images. Returns (TextResult|None, ImageResult, pixels)."""
+        state = self.encode_prompts(prompts)
+        text = self.reason(state) if reasoning else None
+        ctx = self.image_context(state, text.texts if text else None)
+        img = self.sample_image(ctx, num_samples=num_samples, generator=generator, return_hidden=False)
+        return text, img, self.decode_image(img.tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+# Search strategies (ask/tell)
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Task:
+    """One prompt to optimise."""
+
+    index: int
+    prompt: str
+    metadata: dict = field(default_factory=dict)
+    id: str = ""
+    seed: int = 0
+
+
+@dataclass
+class Candidate:
+    """An image proposed by a search, with what produced it."""
+
+    image: "torch.Tensor"  # [3, H, W] in [0, 1]
+    step: int
+    tokens: Optional["torch.Tensor"] = None  # image token ids, if any
+    text: Optional[str] = None  # reasoning text the image was conditioned on
+    info: dict = field(default_factory=dict)
+
+
+class Search(ABC):
+    """Ask/tell search over a MUG model's outputs, after nevergrad's optimizer protocol.
+
+    The runner drives every strategy with the same loop::
+
+        search.setup(model, task, ledger, generator)
+        while not search.done() and not ledger.exhausted():
+            candidates = search.ask()
+            search.tell(candidates, critic.score(...))
+        best, reward = search.best()
+
+    ``ask`` may return several candidates (scored as one batch). ``trace`` collects one dict per
+    step for the run record.
+    """
+
+    card: "SearchCard | None" = None
+    registry_name: str | None = None
+
+    def setup(self, model: MUGModel, task: Task, ledger: BudgetLedger, generator: "torch.Generator") -> None:
+        self.model = model
+        self.task = task
+        self.ledger = ledger
+        self.generator = generator
+        self.trace: list[dict] = []
+        self._best: tuple[Candidate, float] | None = None
+        self._last: tuple[Candidate, float] | None = None
+
+    @abstractmethod
+    def ask(self) -> list[Candidate]:
+        """Propose candidates to score; an empty list means the search is finished."""
+
+    @abstractmethod
+    def tell(self, candidates: list[Candidate], rewards: "torch.Tensor") -> None:
+        """Receive the rewards of the candidates from the last :meth:`ask`."""
+
+    def done(self) -> bool:
+        return False
+
+    def _record(self, candidates: list[Candidate], rewards: "torch.Tensor") -> None:
+        """Track the best and last candidate; strategies call this from ``tell``."""
+        r = [float(x) for x in rewards]
+        i = max(range(len(r)), key=r.__getitem__)
+        if self._best is None or r[i] > self._best[1]:
+            self._best = (candidates[i], r[i])
+        self._last = (candidates[i], r[i])
+
+    def best(self) -> tuple[Candidate, float]:
+        """The candidate to return and its reward (default: best seen)."""
+        if self._best is None:
+            raise RuntimeError("best() called before any tell()")
+        return self._best

@@ -1,0 +1,203 @@
+"""Component registries for critics, search strategies, models and prompt suites.
+
+Design follows pyiqa's registry (github.com/chaofengc/IQA-PyTorch, ``pyiqa/utils/registry.py``):
+one ``Registry`` class, a decorator to register, lazy import of a component's module, third-party
+plugins through ``importlib.metadata`` entry points, and a "did you mean" error for unknown names.
+
+How a built-in component is declared (two lines, no heavy import at declaration time)::
+
+    # critics/__init__.py -- the index: name -> "module:Attr" plus its card
+    CRITICS.register_lazy("clip_score", "milr.critics.clip_score:CLIPScore", card=CriticCard(...))
+
+    # critics/clip_score.py -- the implementation
+    @CRITICS.register("clip_score")
+    class CLIPScore(Critic): ...
+
+``milr list`` reads cards from the index without importing the component (so it stays fast and a
+missing optional dependency only breaks its own component). ``REGISTRY.get(name)`` imports the
+module on first use.
+
+Third-party packages declare components by entry point only (``pyproject.toml``)::
+
+    [project.entry-points."milr.critics"]
+    my_critic = "my_pkg.my_critic:MyCritic"
+
+The class may carry its card as a ``card`` class attribute. Names may also be a dotted import path
+``"package.module:Attr"`` in a recipe, which is handy for one-off experiments.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from typing import Any, Callable, Iterable
+
+
+class UnknownComponentError(KeyError):
+    """Raised when a name is not registered. Carries the close matches for error messages."""
+
+    def __init__(self, kind: str, name: str, suggestions: list[str], known: list[str]):
+        self.kind = kind
+        self.name = name
+        self.suggestions = suggestions
+        self.known = known
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        msg = f"unknown {self.kind} {self.name!r}"
+        if self.suggestions:
+            msg += f"; did you mean {' or '.join(repr(s) for s in self.suggestions)}?"
+        msg += f" (registered: {', '.join(self.known)})"
+        return msg
+
+    def __str__(self) -> str:  # KeyError quotes its argument; we want plain text
+        return self.message
+
+
+@dataclass
+class _Entry:
+    name: str
+    target: str | None = None  # "module:Attr" for lazy entries
+    obj: Any = None  # the class or factory, once imported
+    card: Any = None
+    source: str = "builtin"  # "builtin" | "entry-point" | "import-path"
+
+
+class Registry:
+    """A name -> component mapping with lazy import and entry-point plugins."""
+
+    def __init__(self, kind: str, entry_point_group: str):
+        self.kind = kind
+        self.entry_point_group = entry_point_group
+        self._entries: dict[str, _Entry] = {}
+        self._aliases: dict[str, str] = {}
+        self._plugins_loaded = False
+
+    # -- declaration -------------------------------------------------------------------------
+    def register_lazy(self, name: str, target: str, card: Any = None, aliases: Iterable[str] = ()) -> None:
+        """Declare ``name`` implemented at ``"module:Attr"``; the module is imported on first use."""
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is already registered")
+        self._entries[name] = _Entry(name=name, target=target, card=card)
+        for alias in aliases:
+            self._aliases[alias] = name
+
+    def register(self, name: str | None = None, *, card: Any = None, override: bool = False) -> Callable[[Any], Any]:
+        """Decorator registering a class or factory under ``name`` (default: its ``__name__``)."""
+
+        def deco(obj: Any) -> Any:
+            key = name or obj.__name__
+            entry = self._entries.get(key)
+            if entry is not None and entry.obj is not None and entry.obj is not obj and not override:
+                raise ValueError(f"{self.kind} {key!r} is already registered to {entry.obj!r}")
+            if entry is None:
+                entry = _Entry(name=key, card=card)
+                self._entries[key] = entry
+            entry.obj = obj
+            entry.card = card or entry.card or getattr(obj, "card", None)
+            # The class learns its registered name and card so instances can report them.
+            try:
+                obj.registry_name = key
+                if entry.card is not None and getattr(obj, "card", None) is None:
+                    obj.card = entry.card
+            except (AttributeError, TypeError):
+                pass
+            return obj
+
+        return deco
+
+    # -- plugins -----------------------------------------------------------------------------
+    def _load_plugins(self) -> None:
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        for ep in importlib_metadata.entry_points(group=self.entry_point_group):
+            if ep.name not in self._entries:
+                self._entries[ep.name] = _Entry(name=ep.name, target=ep.value, source="entry-point")
+
+    # -- lookup ------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        self._load_plugins()
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        self._load_plugins()
+        return name in self._entries or name in self._aliases or _is_import_path(name)
+
+    def resolve_name(self, name: str) -> str:
+        """Canonical name for ``name`` (aliases resolved); raises UnknownComponentError."""
+        self._load_plugins()
+        if name in self._entries or _is_import_path(name):
+            return name
+        if name in self._aliases:
+            return self._aliases[name]
+        known = self.names()
+        base = name.split(".")[0]
+        if base in self._entries:  # timm-style "arch.tag" variants resolve to their arch
+            return base
+        suggestions = difflib.get_close_matches(name, known + list(self._aliases), n=3, cutoff=0.5)
+        raise UnknownComponentError(self.kind, name, suggestions, known)
+
+    def get(self, name: str) -> Any:
+        """The component class or factory registered under ``name``; imports it if needed."""
+        key = self.resolve_name(name)
+        if _is_import_path(key) and key not in self._entries:
+            self._entries[key] = _Entry(name=key, target=key, source="import-path")
+        entry = self._entries[key]
+        if entry.obj is None:
+            entry.obj = _import_target(entry.target)
+            try:
+                if getattr(entry.obj, "registry_name", None) is None:
+                    entry.obj.registry_name = key
+            except (AttributeError, TypeError):
+                pass
+        if entry.card is None:
+            entry.card = getattr(entry.obj, "card", None)
+        return entry.obj
+
+    def card(self, name: str) -> Any:
+        """The component's card, without importing it when the index declares one."""
+        key = self.resolve_name(name)
+        entry = self._entries.get(key)
+        if entry is not None and entry.card is not None:
+            return entry.card
+        return getattr(self.get(key), "card", None)
+
+    def build(self, name: str, **kwargs: Any) -> Any:
+        return self.get(name)(**kwargs)
+
+
+def _is_import_path(name: str) -> bool:
+    return ":" in name and all(part for part in name.split(":", 1))
+
+
+def _import_target(target: str) -> Any:
+    module_name, _, attr = target.partition(":")
+    module = importlib.import_module(module_name)
+    obj: Any = module
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+CRITICS = Registry("critic", "milr.critics")
+SEARCHES = Registry("search", "milr.search")
+MODELS = Registry("model", "milr.models")
+SUITES = Registry("prompt suite", "milr.suites")
+
+
+def _ensure_builtin_index() -> None:
+    """Import the light-weight index modules that declare the built-in components."""
+    for mod in ("milr.critics", "milr.search", "milr.models", "milr.suites"):
+        importlib.import_module(mod)
+
+
+REGISTRIES: dict[str, Registry] = {
+    "critics": CRITICS,
+    "searches": SEARCHES,
+    "models": MODELS,
+    "suites": SUITES,
+}

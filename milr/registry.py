@@ -69,9 +69,10 @@ class _Entry:
 class Registry:
     """A name -> component mapping with lazy import and entry-point plugins."""
 
-    def __init__(self, kind: str, entry_point_group: str):
+    def __init__(self, kind: str, entry_point_group: str, index_module: str | None = None):
         self.kind = kind
         self.entry_point_group = entry_point_group
+        self.index_module = index_module  # declares the built-ins; imported on first lookup
         self._entries: dict[str, _Entry] = {}
         self._aliases: dict[str, str] = {}
         self._plugins_loaded = False
@@ -114,6 +115,8 @@ class Registry:
         if self._plugins_loaded:
             return
         self._plugins_loaded = True
+        if self.index_module:
+            importlib.import_module(self.index_module)
         for ep in importlib_metadata.entry_points(group=self.entry_point_group):
             if ep.name not in self._entries:
                 self._entries[ep.name] = _Entry(name=ep.name, target=ep.value, source="entry-point")
@@ -183,10 +186,10 @@ def _import_target(target: str) -> Any:
     return obj
 
 
-CRITICS = Registry("critic", "milr.critics")
-SEARCHES = Registry("search", "milr.search")
-MODELS = Registry("model", "milr.models")
-SUITES = Registry("prompt suite", "milr.suites")
+CRITICS = Registry("critic", "milr.critics", "milr.critics")
+SEARCHES = Registry("search", "milr.search", "milr.search")
+MODELS = Registry("model", "milr.models", "milr.models")
+SUITES = Registry("prompt suite", "milr.suites", "milr.suites")
 
 
 def _ensure_builtin_index() -> None:

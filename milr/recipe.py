@@ -1,0 +1,417 @@
+"""Recipes: YAML files that compose a model, critics, a search strategy and prompts.
+
+Style after LightningCLI (lightning.ai/docs/pytorch/stable/cli): a component is a name plus its
+arguments, written flat::
+
+    model: {name: minimug}
+    critics:
+      - {name: world_oracle, weight: 1.0}
+    search: {name: reinforce, steps: 20, mode: both}
+    prompts: {suite: minimug-world, split: test, limit: 12}
+    run: {seed: 0, device: cpu, dtype: float32, output_dir: runs, budget: {critic_calls: 100}}
+
+``extends: other.yaml`` merges another recipe underneath (dicts merge key by key, lists are
+replaced); command-line overrides are dotted (``search.steps=10``, ``critics.0.weight=2``).
+
+Everything is validated before any weights load: the structure (pydantic), component names
+(with "did you mean"), and each component's arguments against its constructor's signature.
+Every error names the file, the key path, what was found and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import inspect
+import re
+import typing
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+
+from milr.registry import CRITICS, MODELS, SEARCHES, SUITES, Registry, UnknownComponentError
+
+GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+
+
+class RecipeError(ValueError):
+    """A recipe problem, located by file and key path."""
+
+    def __init__(self, file: str | None, path: str, problem: str):
+        self.file = file
+        self.path = path
+        self.problem = problem
+        where = f"{file}: " if file else ""
+        super().__init__(f"{where}{path or '<root>'}: {problem}")
+
+
+class RecipeErrors(RecipeError):
+    """Several problems found at once (all are reported, not just the first)."""
+
+    def __init__(self, errors: list[RecipeError]):
+        self.errors = errors
+        ValueError.__init__(self, "\n".join(str(e) for e in errors))
+        self.file, self.path, self.problem = errors[0].file, errors[0].path, errors[0].problem
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema
+# ---------------------------------------------------------------------------------------------
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComponentSpec(BaseModel):
+    """``{name: ..., **arguments}``; arguments are checked against the component's signature."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def args(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class CriticSpec(ComponentSpec):
+    weight: float = 1.0
+
+
+class PromptsSpec(_Strict):
+    suite: Optional[str] = None
+    file: Optional[str] = None
+    inline: Optional[list[Union[str, dict]]] = None
+    split: str = "test"
+    tags: Optional[list[Literal[GENEVAL_TAGS]]] = None  # type: ignore[valid-type]
+    limit: Optional[int] = Field(default=None, gt=0)
+    per_tag: Optional[int] = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "PromptsSpec":
+        given = [k for k in ("suite", "file", "inline") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of suite, file, inline; found {given or 'none'}"
+            )
+        return self
+
+
+class BudgetSpec(_Strict):
+    text_tokens: Optional[int] = Field(default=None, gt=0)
+    image_tokens: Optional[int] = Field(default=None, gt=0)
+    generator_tokens: Optional[int] = Field(default=None, gt=0)
+    critic_calls: Optional[int] = Field(default=None, gt=0)
+    seconds: Optional[float] = Field(default=None, gt=0)
+
+
+class RunSpec(_Strict):
+    seed: int = 0
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    output_dir: str = "runs"
+    name: Optional[str] = None
+    budget: BudgetSpec = BudgetSpec()
+    save_steps: bool = False
+    cache_dir: Optional[str] = None  # on-disk score cache; None keeps it in memory
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps|auto", v):
+            raise ValueError(f"found {v!r}; allowed: cpu, cuda, cuda:N, mps, auto")
+        return v
+
+
+class Recipe(_Strict):
+    description: Optional[str] = None
+    model: ComponentSpec
+    critics: list[CriticSpec] = Field(min_length=1)
+    combine: Optional[dict[str, Any]] = None  # arguments of the ensemble when several critics
+    evaluate: list[CriticSpec] = []  # held-out critics: score initial and final images only
+    search: ComponentSpec
+    prompts: PromptsSpec
+    run: RunSpec = RunSpec()
+
+    # Set by load_recipe, not part of the YAML.
+    source: Optional[str] = Field(default=None, exclude=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True, exclude={"source"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: files, extends, overrides
+# ---------------------------------------------------------------------------------------------
+def shipped_recipes() -> dict[str, Path]:
+    """Recipes shipped in the package, by stem (``quickstart`` -> .../recipes/quickstart.yaml)."""
+    from importlib import resources
+
+    root = resources.files("milr.recipes")
+    return {p.name[:-5]: Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
+
+
+def resolve_recipe_path(ref: str | Path, relative_to: Path | None = None) -> Path:
+    """A recipe file path, or the name of a shipped recipe."""
+    p = Path(ref)
+    candidates = [p]
+    if relative_to is not None and not p.is_absolute():
+        candidates.insert(0, relative_to / p)
+    for c in candidates:
+        if c.is_file():
+            return c
+    shipped = shipped_recipes()
+    stem = p.name[:-5] if p.name.endswith(".yaml") else p.name
+    if stem in shipped and (len(p.parts) == 1 or not p.exists()):
+        return shipped[stem]
+    close = difflib.get_close_matches(stem, list(shipped), n=3, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise RecipeError(str(ref), "", f"no such recipe file{hint} (shipped recipes: {', '.join(sorted(shipped))})")
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise RecipeError(str(path), "", f"not valid YAML: {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(str(path), "", f"expected a mapping at the top level, found {type(data).__name__}")
+    return data
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_raw(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """Read a recipe file and resolve its ``extends:`` chain."""
+    path = path.resolve()
+    if path in _seen:
+        raise RecipeError(str(path), "extends", "circular extends: " + " -> ".join(str(p) for p in _seen + (path,)))
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise RecipeError(str(path), "extends", f"expected a recipe path or name, found {parent!r}")
+    try:
+        parent_path = resolve_recipe_path(parent, relative_to=path.parent)
+    except RecipeError as e:
+        raise RecipeError(str(path), "extends", e.problem) from None
+    return _deep_merge(load_raw(parent_path, _seen + (path,)), data)
+
+
+_OVERRIDE = re.compile(r"^([A-Za-z_][\w\-]*(?:\.[\w\-]+)*)=(.*)$", re.S)
+
+
+def apply_overrides(data: dict, overrides: list[str], file: str | None = None) -> dict:
+    """Apply ``a.b.c=value`` overrides; values are parsed as YAML (``10`` is an int)."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        m = _OVERRIDE.match(item)
+        if not m:
+            raise RecipeError("command line", item, "expected an override of the form key.path=value")
+        keys, raw = m.group(1).split("."), m.group(2)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node: Any = data
+        for depth, key in enumerate(keys[:-1]):
+            path = ".".join(keys[: depth + 1])
+            if isinstance(node, list):
+                if not key.isdigit() or int(key) >= len(node):
+                    raise RecipeError("command line", path, f"list index {key!r} out of range (0..{len(node) - 1})")
+                node = node[int(key)]
+            else:
+                if key not in node or node[key] is None:
+                    node[key] = {}
+                node = node[key]
+            if not isinstance(node, (dict, list)):
+                raise RecipeError("command line", path, f"cannot set a key inside a {type(node).__name__}")
+        last = keys[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise RecipeError("command line", m.group(1), f"list index {last!r} out of range")
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return data
+
+
+def load_recipe(ref: str | Path | dict, overrides: list[str] | tuple[str, ...] = (), check_components: bool = True) -> Recipe:
+    """Load, merge, override and validate a recipe. Raises :class:`RecipeError` on any problem."""
+    if isinstance(ref, dict):
+        file, data = None, copy.deepcopy(ref)
+        parent = data.pop("extends", None)
+        if parent:
+            data = _deep_merge(load_raw(resolve_recipe_path(parent)), data)
+    else:
+        path = resolve_recipe_path(ref)
+        file, data = str(path), load_raw(path)
+    data = apply_overrides(data, list(overrides), file)
+    recipe = validate(data, file)
+    recipe.source = file
+    if check_components:
+        check_recipe_components(recipe)
+    return recipe
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+_EXPECTED = {
+    "int_parsing": "an integer",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+}
+
+
+def _describe(err: dict, allowed_keys: dict[str, list[str]] | None = None) -> tuple[str, str]:
+    loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after"))
+    typ = err["type"]
+    found = err.get("input")
+    if typ == "missing":
+        return loc, "missing required key"
+    if typ == "extra_forbidden":
+        parent, _, key = loc.rpartition(".")
+        allowed = (allowed_keys or {}).get(parent, [])
+        close = difflib.get_close_matches(key, allowed, n=2, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        return loc, f"unknown key{hint} (allowed: {', '.join(allowed)})" if allowed else f"unknown key{hint}"
+    if typ in _EXPECTED:
+        return loc, f"expected {_EXPECTED[typ]}, found {found!r}"
+    if typ == "literal_error":
+        return loc, f"found {found!r}; allowed: {err['ctx'].get('expected')}"
+    if typ in ("greater_than", "greater_than_equal"):
+        return loc, f"found {found!r}; expected a value {err['msg'].split('should be ')[-1]}"
+    if typ == "too_short":
+        return loc, f"found {found!r}; {err['msg']}"
+    if typ == "value_error":
+        return loc, err["msg"].removeprefix("Value error, ")
+    return loc, f"{err['msg']} (found {found!r})"
+
+
+def _allowed_keys() -> dict[str, list[str]]:
+    keys: dict[str, list[str]] = {"": list(Recipe.model_fields)}
+    keys[""].remove("source")
+    keys["prompts"] = list(PromptsSpec.model_fields)
+    keys["run"] = list(RunSpec.model_fields)
+    keys["run.budget"] = list(BudgetSpec.model_fields)
+    return keys
+
+
+def validate(data: dict, file: str | None = None) -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        allowed = _allowed_keys()
+        errors = [RecipeError(file, *_describe(err, allowed)) for err in e.errors()]
+        raise (errors[0] if len(errors) == 1 else RecipeErrors(errors)) from None
+
+
+# Constructor parameters the runner provides itself, never given in a recipe.
+_INJECTED = {"model", "device", "dtype", "self"}
+
+
+def component_signature(obj: Any) -> tuple[dict[str, tuple[Any, Any]], bool]:
+    """(fields for pydantic, accepts **kwargs) from a class's ``__init__`` or a factory."""
+    fn = obj.__init__ if inspect.isclass(obj) else obj
+    sig = inspect.signature(fn)
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable annotations: validate names only
+        hints = {}
+    fields: dict[str, tuple[Any, Any]] = {}
+    var_kw = False
+    for p in sig.parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            var_kw = True
+            continue
+        if p.kind is p.VAR_POSITIONAL or p.name in _INJECTED:
+            continue
+        ann = hints.get(p.name, Any)
+        default = ... if p.default is inspect.Parameter.empty else p.default
+        fields[p.name] = (ann, default)
+    return fields, var_kw
+
+
+def validate_component_args(registry: Registry, spec: ComponentSpec, path: str, file: str | None, reserved: tuple[str, ...] = ()) -> list[RecipeError]:
+    """Check a component's name and arguments; returns the problems found."""
+    try:
+        cls = registry.get(spec.name)
+    except UnknownComponentError as e:
+        return [RecipeError(file, f"{path}.name", e.message.replace(f"unknown {registry.kind} ", f"unknown {registry.kind} name "))]
+    except ImportError as e:
+        return [RecipeError(file, f"{path}.name", f"{registry.kind} {spec.name!r} cannot be imported: {e}")]
+    fields, var_kw = component_signature(cls)
+    args = {k: v for k, v in spec.args.items() if k not in reserved}
+    config = ConfigDict(extra="allow" if var_kw else "forbid", arbitrary_types_allowed=True)
+    Model = create_model(f"{type(cls).__name__}Args", __config__=config, **fields)  # type: ignore[call-overload]
+    try:
+        Model.model_validate(args)
+    except ValidationError as e:
+        out = []
+        for err in e.errors():
+            loc, problem = _describe(err, {"": list(fields)})
+            if err["type"] == "extra_forbidden":
+                key = loc
+                close = difflib.get_close_matches(key, list(fields), n=2, cutoff=0.5)
+                hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+                problem = f"unknown argument of {registry.kind} {spec.name!r}{hint} (allowed: {', '.join(fields) or 'none'})"
+            out.append(RecipeError(file, f"{path}.{loc}", problem))
+        return out
+    return []
+
+
+def check_recipe_components(recipe: Recipe) -> None:
+    """Validate every component name and argument; raise all problems together."""
+    file = recipe.source
+    errors: list[RecipeError] = []
+    errors += validate_component_args(MODELS, recipe.model, "model", file)
+    for i, c in enumerate(recipe.critics):
+        errors += validate_component_args(CRITICS, c, f"critics.{i}", file)
+    for i, c in enumerate(recipe.evaluate):
+        errors += validate_component_args(CRITICS, c, f"evaluate.{i}", file)
+    errors += validate_component_args(SEARCHES, recipe.search, "search", file)
+    p = recipe.prompts
+    if p.suite is not None and p.suite not in SUITES:
+        try:
+            SUITES.resolve_name(p.suite)
+        except UnknownComponentError as e:
+            errors.append(RecipeError(file, "prompts.suite", e.message))
+    if p.file is not None:
+        base = Path(file).parent if file else Path.cwd()
+        if not (Path(p.file).is_file() or (base / p.file).is_file()):
+            errors.append(RecipeError(file, "prompts.file", f"file not found: {p.file!r}"))
+    if p.inline is not None and all(isinstance(x, str) for x in p.inline):
+        for i, c in enumerate(recipe.critics):
+            card = CRITICS.card(c.name) if c.name in CRITICS else None
+            if card is not None and getattr(card, "needs_metadata", ()):
+                errors.append(RecipeError(
+                    file, f"critics.{i}.name",
+                    f"critic {c.name!r} needs prompt metadata {list(card.needs_metadata)}, but prompts.inline gives plain strings; "
+                    "give inline items as {prompt: ..., metadata: {...}} or use a suite"))
+    if errors:
+        raise errors[0] if len(errors) == 1 else RecipeErrors(errors)
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)

@@ -1,0 +1,219 @@
+"""The runner: one loop that drives any search strategy with any critic on any model.
+
+For each prompt: a fresh search instance, one :class:`~milr.interfaces.BudgetLedger`, the
+ask/tell loop until the search is done or the budget is spent, then the initial and final images
+are scored by every critic (and by held-out ``evaluate`` critics) and one result line is written.
+Results are appended as each prompt finishes, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from milr.interfaces import Budget, BudgetLedger, Critic, Task
+from milr.recipe import Recipe, RecipeError, load_recipe
+from milr.records import RunRecord, format_summary
+from milr.registry import CRITICS, MODELS, SEARCHES
+
+
+def _accepts(obj: Any, name: str) -> bool:
+    fn = obj.__init__ if inspect.isclass(obj) else obj
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_model(recipe: Recipe):
+    cls = MODELS.get(recipe.model.name)
+    kwargs = dict(recipe.model.args)
+    if _accepts(cls, "device"):
+        kwargs.setdefault("device", resolve_device(recipe.run.device))
+    if _accepts(cls, "dtype"):
+        kwargs.setdefault("dtype", recipe.run.dtype)
+    return cls(**kwargs)
+
+
+def build_critic(spec, model, device: str, cache=None) -> Critic:
+    cls = CRITICS.get(spec.name)
+    kwargs = dict(spec.args)
+    if "model" in inspect.signature(cls.__init__).parameters:
+        kwargs["model"] = model
+    if _accepts(cls, "device") and "device" not in kwargs:
+        kwargs["device"] = device
+    critic = cls(**kwargs)
+    critic.init_args = dict(spec.args)
+    if cache is not None:
+        from milr.critics.cache import CachedCritic
+
+        critic = CachedCritic(critic, cache)
+    return critic
+
+
+def build_critics(recipe: Recipe, model, device: str):
+    """(combined critic, {name: critic}, {name: eval critic})."""
+    cache = None
+    try:
+        from milr.critics.cache import ScoreCache
+
+        cache = ScoreCache(recipe.run.cache_dir)
+    except ImportError:
+        pass
+    members = {}
+    for i, spec in enumerate(recipe.critics):
+        key = spec.name if spec.name not in members else f"{spec.name}#{i}"
+        members[key] = build_critic(spec, model, device, cache)
+    evals = {}
+    for i, spec in enumerate(recipe.evaluate):
+        key = spec.name if spec.name not in evals else f"{spec.name}#{i}"
+        evals[key] = build_critic(spec, model, device, cache)
+    if len(members) == 1 and recipe.critics[0].weight == 1.0 and not recipe.combine:
+        combined = next(iter(members.values()))
+    else:
+        from milr.critics.ensemble import Ensemble
+
+        combined = Ensemble(
+            members=list(members.values()),
+            weights=[s.weight for s in recipe.critics],
+            names=list(members),
+            **(recipe.combine or {}),
+        )
+    return combined, members, evals
+
+
+def _score(critic: Critic, images, task: Task, ledger: Optional[BudgetLedger] = None):
+    import torch
+
+    with torch.no_grad():
+        r = critic.score(images, [task.prompt] * len(images), [task.metadata] * len(images))
+    if ledger is not None:
+        ledger.add_critic_calls(len(images))
+    return r.detach().float().cpu()
+
+
+def run_task(search, model, critic: Critic, task: Task, budget: Budget, seed: int, on_step: Callable | None = None):
+    """The ask/tell loop for one prompt. Returns (initial candidate, initial reward, best, reward, ledger)."""
+    import torch
+
+    ledger = BudgetLedger(budget, model.counter)
+    device = getattr(model, "device", "cpu")
+    gen = torch.Generator(device=str(device)).manual_seed(seed)
+    search.setup(model, task, ledger, gen)
+    initial = None
+    steps = 0
+    while not search.done() and not ledger.exhausted():
+        candidates = search.ask()
+        if not candidates:
+            break
+        images = torch.stack([c.image for c in candidates])
+        rewards = _score(critic, images, task, ledger)
+        if initial is None:
+            initial = (candidates[0], float(rewards[0]))
+        search.tell(candidates, rewards)
+        steps += 1
+        if on_step is not None:
+            on_step(steps, candidates, rewards)
+    if initial is None:
+        raise RuntimeError(f"search {type(search).__name__} proposed no candidate for prompt {task.prompt!r}")
+    best, reward = search.best()
+    return initial, best, reward, ledger, steps
+
+
+def run_recipe(
+    recipe: Recipe | str | Path | dict,
+    overrides: list[str] | tuple[str, ...] = (),
+    resume: str | Path | None = None,
+    progress: bool | None = None,
+    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+) -> Path:
+    """Run a recipe (or resume a run folder) and return the run folder."""
+    import torch
+    from tqdm.auto import tqdm
+
+    if resume is not None:
+        record = RunRecord.open(resume)
+        if overrides:
+            raise RecipeError(str(resume), "", "overrides cannot be combined with --resume (the run keeps its recipe)")
+        recipe = load_recipe(record.manifest()["recipe"])
+    else:
+        if not isinstance(recipe, Recipe):
+            recipe = load_recipe(recipe, overrides)
+        name = recipe.run.name or (Path(recipe.source).stem if recipe.source else "run")
+        record = RunRecord.create(recipe.run.output_dir, name)
+    from milr.prompts import load_tasks
+
+    tasks = load_tasks(recipe.prompts, recipe.source)
+    device = resolve_device(recipe.run.device)
+    if resume is None:
+        record.write_manifest(recipe.to_dict(), recipe.run.seed, device, {"prompts": len(tasks)})
+    done = record.done_ids()
+    todo = [t for t in tasks if t.id not in done]
+    log(f"milr: run folder {record.dir} ({len(todo)} of {len(tasks)} prompts to do)")
+    if not todo:
+        log(record.write_summary())
+        return record.dir
+
+    torch.manual_seed(recipe.run.seed)
+    model = build_model(recipe)
+    critic, members, evals = build_critics(recipe, model, device)
+    search_cls = SEARCHES.get(recipe.search.name)
+    budget = Budget(**recipe.run.budget.model_dump())
+    show = sys.stderr.isatty() if progress is None else progress
+
+    bar = tqdm(todo, desc="prompts", disable=not show, dynamic_ncols=True)
+    for task in bar:
+        t0 = time.perf_counter()
+        search = search_cls(**recipe.search.args)
+        step_bar = tqdm(total=getattr(search, "steps", None), desc="steps", leave=False, disable=not show)
+        step_images = []
+
+        def on_step(step, candidates, rewards):
+            step_bar.update(1)
+            step_bar.set_postfix(reward=f"{float(rewards.max()):.3f}")
+            if recipe.run.save_steps:
+                i = int(rewards.argmax())
+                step_images.append(record.save_image(candidates[i].image, f"steps/{task.index:05d}_{step:03d}.png"))
+
+        seed = recipe.run.seed * 1_000_003 + task.seed
+        initial, best, reward, ledger, steps = run_task(search, model, critic, task, budget, seed, on_step)
+        step_bar.close()
+        both = __import__("torch").stack([initial[0].image, best.image])
+        scores = {k: _score(c, both, task).tolist() for k, c in members.items()}
+        evals_s = {k: _score(c, both, task).tolist() for k, c in evals.items()}
+        result = {
+            "index": task.index,
+            "id": task.id,
+            "prompt": task.prompt,
+            "metadata": task.metadata,
+            "initial": {"reward": initial[1], "scores": {k: v[0] for k, v in scores.items()},
+                        "eval": {k: v[0] for k, v in evals_s.items()}, "text": initial[0].text},
+            "final": {"reward": reward, "scores": {k: v[1] for k, v in scores.items()},
+                      "eval": {k: v[1] for k, v in evals_s.items()}, "text": best.text, "step": best.step},
+            "steps": steps,
+            "budget": ledger.snapshot(),
+            "seconds": round(time.perf_counter() - t0, 4),
+            "trace": getattr(search, "trace", []),
+            "images": {
+                "initial": record.save_image(initial[0].image, f"{task.index:05d}_initial.png"),
+                "final": record.save_image(best.image, f"{task.index:05d}_final.png"),
+                "steps": step_images,
+            },
+        }
+        record.append(result)
+        bar.set_postfix(reward=f"{reward:.3f}")
+    table = record.write_summary()
+    log(table)
+    return record.dir

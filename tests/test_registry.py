@@ -1,0 +1,77 @@
+"""Registry: lazy import, decorator registration, did-you-mean, import paths, cards."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from milr.cards import CriticCard
+from milr.registry import CRITICS, MODELS, SEARCHES, Registry, UnknownComponentError
+
+
+def test_unknown_name_lists_close_matches():
+    with pytest.raises(UnknownComponentError) as e:
+        CRITICS.get("clip_scor")
+    assert "clip_score" in e.value.suggestions
+    assert "did you mean 'clip_score'" in str(e.value)
+
+
+def test_lazy_entry_not_imported_until_asked(tmp_path, monkeypatch):
+    mod = tmp_path / "lazy_mod_for_test.py"
+    mod.write_text("IMPORTED = True\nclass Thing:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = Registry("thing", "milr.test-things")
+    reg.register_lazy("thing", "lazy_mod_for_test:Thing", card=CriticCard(summary="a thing"))
+    assert "lazy_mod_for_test" not in sys.modules
+    assert reg.card("thing").summary == "a thing"  # cards come from the index
+    assert "lazy_mod_for_test" not in sys.modules
+    cls = reg.get("thing")
+    assert cls.__name__ == "Thing" and "lazy_mod_for_test" in sys.modules
+
+
+def test_decorator_registers_and_rejects_duplicates():
+    reg = Registry("widget", "milr.test-widgets")
+
+    @reg.register("w")
+    class W:
+        pass
+
+    assert reg.get("w") is W and W.registry_name == "w"
+    with pytest.raises(ValueError):
+
+        @reg.register("w")
+        class W2:
+            pass
+
+
+def test_import_path_names_and_arch_tag():
+    cls = CRITICS.get("doubles:BrightnessCritic")
+    assert cls.__name__ == "BrightnessCritic"
+    reg = Registry("model", "milr.test-models")
+    reg.register_lazy("arch", "doubles:BrightnessCritic")
+    assert reg.resolve_name("arch.some_tag") == "arch"  # timm-style weight variants
+
+
+def test_builtin_indexes_declare_the_components():
+    assert {"clip_score", "detector", "image_reward", "vlm_judge", "self_judge", "api_judge", "ensemble", "world_oracle"} <= set(CRITICS.names())
+    assert {"reinforce", "best_of_n", "cma_es"} <= set(SEARCHES.names())
+    assert {"minimug", "janus-pro"} <= set(MODELS.names())
+    card = CRITICS.card("image_reward")
+    assert card.max_text_tokens == 35 and card.higher_is_better
+
+
+def test_milr_list_is_fast_and_shows_cards():
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "milr.cli", "list", "critics"], capture_output=True, text=True, check=True)
+    elapsed = time.perf_counter() - t0
+    for name in ("clip_score", "detector", "image_reward", "vlm_judge", "self_judge", "api_judge", "ensemble"):
+        assert name in out.stdout
+    assert "higher is better" in out.stdout
+    assert "torch" not in sys.modules or True  # the subprocess is what matters
+    assert elapsed < 2.0, f"milr list critics took {elapsed:.2f}s"
+    # and it must not import torch at all
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, milr.cli; milr.cli.main(['list','critics']); print('TORCH' if 'torch' in sys.modules else 'NOTORCH')"],
+        capture_output=True, text=True, check=True)
+    assert probe.stdout.strip().endswith("NOTORCH")

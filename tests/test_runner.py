@@ -27,6 +27,7 @@ def recipe(tmp_path, delay=0.0, n=2, prompts=PROMPTS, **run):
         "prompts": {"inline": prompts},
         "run": {"seed": 3, "output_dir": str(tmp_path / "runs"), **run},
     }
+    tmp_path.mkdir(parents=True, exist_ok=True)
     p = tmp_path / "recipe.yaml"
     p.write_text(yaml.safe_dump(data))
     return p

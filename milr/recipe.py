@@ -327,8 +327,9 @@ def validate(data: dict, file: str | None = None) -> Recipe:
         raise (errors[0] if len(errors) == 1 else RecipeErrors(errors)) from None
 
 
-# Constructor parameters the runner provides itself, never given in a recipe.
-_INJECTED = {"model", "device", "dtype", "self"}
+# Constructor parameters the runner provides itself, never given in a recipe (device and dtype
+# default to the run's and may be set per component).
+_INJECTED = {"model", "self"}
 
 
 def component_signature(obj: Any) -> tuple[dict[str, tuple[Any, Any]], bool]:

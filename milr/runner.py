@@ -47,13 +47,15 @@ def build_model(recipe: Recipe):
     return cls(**kwargs)
 
 
-def build_critic(spec, model, device: str, cache=None) -> Critic:
+def build_critic(spec, model, device: str, cache=None, dtype: str | None = None) -> Critic:
     cls = CRITICS.get(spec.name)
     kwargs = dict(spec.args)
     if "model" in inspect.signature(cls.__init__).parameters:
         kwargs["model"] = model
     if _accepts(cls, "device") and "device" not in kwargs:
         kwargs["device"] = device
+    if dtype is not None and _accepts(cls, "dtype") and "dtype" not in kwargs:
+        kwargs["dtype"] = dtype
     critic = cls(**kwargs)
     critic.init_args = dict(spec.args)
     if cache is not None:
@@ -75,11 +77,11 @@ def build_critics(recipe: Recipe, model, device: str):
     members = {}
     for i, spec in enumerate(recipe.critics):
         key = spec.name if spec.name not in members else f"{spec.name}#{i}"
-        members[key] = build_critic(spec, model, device, cache)
+        members[key] = build_critic(spec, model, device, cache, recipe.run.dtype)
     evals = {}
     for i, spec in enumerate(recipe.evaluate):
         key = spec.name if spec.name not in evals else f"{spec.name}#{i}"
-        evals[key] = build_critic(spec, model, device, cache)
+        evals[key] = build_critic(spec, model, device, cache, recipe.run.dtype)
     if len(members) == 1 and recipe.critics[0].weight == 1.0 and not recipe.combine:
         combined = next(iter(members.values()))
     else:

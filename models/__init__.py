@@ -30,7 +30,10 @@ MODELS.register_lazy(
         latents=("text", "image"),
         default_cfg=5.0,
         default_temperature=1.0,
-        weights="deepseek-community/Janus-Pro-7B (or -1B), or a local folder",
-        reference="Chen et al. 2025, Janus-Pro (arXiv 2501.17811)",
+        weights="checkpoint: deepseek-community/Janus-Pro-7B (default; hidden 4096) or -1B (hidden 2048), "
+        "or a local folder; offline, an uncached hub name fails at once",
+        reference="Chen et al. 2025, Janus-Pro (arXiv 2501.17811); MILR's reasoning template (arXiv 2509.22761)",
+        extra={"args": "checkpoint, device, dtype (bf16 on GPU), attn_implementation, max_text_tokens=512, "
+               "cfg=5, temperature=1, top_k=None"},
     ),
 )

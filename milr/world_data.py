@@ -3,7 +3,8 @@
 Three formats, the ones :mod:`milr.train_critic` reads (image paths are relative to the JSONL's
 folder):
 
-* **pairwise** -- ``{"prompt", "chosen", "rejected", "tag", "kind", "metadata"}``: a world prompt,
+* **pairwise** -- ``{"prompt", "chosen", "rejected", "tag", "metadata"}`` (plus ``"kind"`` when
+  drawn with ``kind_weights``): a world prompt,
   an image that follows it (``sample_scene_for``) and a near miss that does not
   (``sample_scene_violating``: a missing object, a count off by one, a wrong or swapped colour, a
   wrong relation), as in the preference data of ImageReward (Xu et al. 2023, arXiv 2304.05977)
@@ -86,6 +87,21 @@ def _write_jsonl(rows: list[dict], path: Path) -> Path:
     return path
 
 
+def _applicable_kinds(md: dict, cache: dict[str, list[str]]) -> list[str]:
+    """Violation kinds that apply to a prompt (the world raises ValueError for the others)."""
+    world, _ = _world()
+    if md["prompt"] not in cache:
+        ok = []
+        for k in world.VIOLATION_KINDS:
+            try:
+                world.sample_scene_violating(md, np.random.default_rng(0), kind=k)
+                ok.append(k)
+            except (ValueError, RuntimeError):
+                pass
+        cache[md["prompt"]] = ok
+    return cache[md["prompt"]]
+
+
 def write_pairwise(
     out_dir: str | Path,
     n: int,
@@ -93,19 +109,34 @@ def write_pairwise(
     tags: Optional[Sequence[str]] = None,
     seed: int = 0,
     file_name: str = "pairs.jsonl",
+    kind_weights: Optional[dict[str, float]] = None,
 ) -> Path:
-    """Write ``n`` preference pairs; returns the JSONL path (images under ``out_dir/images``)."""
+    """Write ``n`` preference pairs; returns the JSONL path (images under ``out_dir/images``).
+
+    ``kind_weights`` (e.g. ``{swap_colors: 3}``, others 1) draws the kind of near miss among those
+    that apply to the prompt with these weights (default: the world's uniform choice) -- hard
+    negatives for a second training stage.
+    """
     world, _ = _world()
     tags = _check(n, split, tags)
+    unknown = set(kind_weights or {}) - set(world.VIOLATION_KINDS)
+    if unknown:
+        raise ValueError(f"unknown violation kinds {sorted(unknown)}; known: {world.VIOLATION_KINDS}")
     out = Path(out_dir)
     rng = np.random.default_rng([int(seed), SPLITS.index(split), 1])
     pool = _PromptPool(split, tags)
     rows = []
     stem = Path(file_name).stem
+    kinds_cache: dict[str, list[str]] = {}
     for i in range(int(n)):
         md = pool.sample(rng)
         good = world.sample_scene_for(md, rng)
-        bad = world.sample_scene_violating(md, rng)
+        kind = None
+        if kind_weights:
+            kinds = _applicable_kinds(md, kinds_cache)
+            w = np.array([float(kind_weights.get(k, 1.0)) for k in kinds])
+            kind = kinds[int(rng.choice(len(kinds), p=w / w.sum()))]
+        bad = world.sample_scene_violating(md, rng, kind=kind)
         # Both verdicts are re-checked: a pair with the preference the wrong way round would
         # teach the reward model the opposite of what the file says.
         if not world.truth(good, md) or world.truth(bad, md):
@@ -113,7 +144,10 @@ def write_pairwise(
         c, r = f"images/{stem}_{i:06d}_c.png", f"images/{stem}_{i:06d}_r.png"
         _save_png(world.render(good), out / c)
         _save_png(world.render(bad), out / r)
-        rows.append({"prompt": md["prompt"], "chosen": c, "rejected": r, "tag": md["tag"], "metadata": md})
+        row = {"prompt": md["prompt"], "chosen": c, "rejected": r, "tag": md["tag"], "metadata": md}
+        if kind is not None:
+            row["kind"] = kind
+        rows.append(row)
     return _write_jsonl(rows, out / file_name)
 
 

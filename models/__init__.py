@@ -14,8 +14,11 @@ MODELS.register_lazy(
         summary="MiniMUG: a small Janus-like unified model of a procedural shape world, weights shipped",
         image_tokens=64,
         image_size=32,
+        hidden_size=128,
         latents=("text", "image"),
-        weights="shipped in the package (safetensors)",
+        default_cfg=1.5,
+        default_temperature=1.0,
+        weights="shipped in the package (safetensors, models/minimug/weights; card: MODEL_CARD.md)",
         reference="this project; structure after Janus-Pro (arXiv 2501.17811)",
     ),
 )

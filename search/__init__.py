@@ -11,7 +11,7 @@ SEARCHES.register_lazy(
     "reinforce",
     "milr.search.reinforce:Reinforce",
     card=SearchCard(
-        summary="MILR: REINFORCE over last-layer text and image latents (Adam on -R * sum log p)",
+        summary="MILR: REINFORCE over last-layer text and image latents (Adam on -R * sum log p); presets faithful/default",
         needs_latents=True,
         reference="Mi et al. 2025, MILR (arXiv 2509.22761)",
     ),
@@ -30,7 +30,7 @@ SEARCHES.register_lazy(
     "cma_es",
     "milr.search.cma_es:CMAES",
     card=SearchCard(
-        summary="CMA-ES (pycma, separable for high dimensions) over the same latents as MILR",
+        summary="CMA-ES (pycma, separable for high dimensions) over the same latents as MILR; population from the budget",
         needs_latents=True,
         reference="Hansen 2016, The CMA Evolution Strategy (arXiv 1604.00772); pycma",
     ),

@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train MiniMUG")
     t.add_argument("what", help="minimug")
     t.add_argument("config", help="training recipe, e.g. recipes/train-minimug.yaml")
-    t.add_argument("--out", default=None)
+    t.add_argument("--out", default="checkpoints/minimug", help="checkpoints, logs and exported weights (resumes if present)")
     t.set_defaults(fn=_cmd_train)
 
     tc = sub.add_parser("train-critic", help="train a custom critic with Lightning")

@@ -146,7 +146,7 @@ def ensemble_critics(pref_dir: Path, clip_dir: Path) -> tuple[list[dict], dict]:
 
 
 def milr_gain(pref_dir: Path, clip_dir: Path, per_tag: int, steps: int, seed: int, out_dir: str,
-              model: Optional[dict] = None) -> dict:
+              model: Optional[dict] = None, which: tuple[str, ...] = ("ensemble", "oracle")) -> dict:
     """MILR on MiniMUG's TEST suite with the shipped ensemble (no exact scorer inside) and with the oracle.
 
     Both runs are scored by the exact scorer ``world_oracle`` (binary GenEval verdict) on the initial
@@ -161,8 +161,9 @@ def milr_gain(pref_dir: Path, clip_dir: Path, per_tag: int, steps: int, seed: in
             "evaluate": [{"name": "world_oracle", "mode": "binary"}],
             "run": {"seed": seed, "output_dir": out_dir}}
     out = {}
-    for label, extra in (("ensemble", {"critics": critics, "combine": combine}),
-                         ("oracle", {"critics": [{"name": "world_oracle"}]})):
+    setups = {"ensemble": {"critics": critics, "combine": combine}, "oracle": {"critics": [{"name": "world_oracle"}]}}
+    for label in which:
+        extra = setups[label]
         t0 = time.perf_counter()
         run_dir = run_recipe({**base, **extra, "run": {**base["run"], "name": f"world-critics-{label}"}}, progress=False,
                              log=lambda s: None)
@@ -199,6 +200,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--steps", type=int, default=20, help="--milr: MILR steps per prompt")
     ap.add_argument("--runs-dir", default="runs", help="--milr: where the two runs are written")
     ap.add_argument("--model", default=None, help="--milr: model spec as YAML (default {name: minimug})")
+    ap.add_argument("--milr-critics", default="ensemble,oracle", help="--milr: which runs (ensemble, oracle)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
 
@@ -239,9 +241,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
         import yaml
 
         model = yaml.safe_load(args.model) if args.model else None
-        g = milr_gain(pref_dir, clip_dir, args.per_tag, args.steps, args.seed, args.runs_dir, model)
+        which = tuple(x.strip() for x in args.milr_critics.split(",") if x.strip())
+        g = milr_gain(pref_dir, clip_dir, args.per_tag, args.steps, args.seed, args.runs_dir, model, which)
         figures["milr_on_world_test"] = g
-        for label in ("ensemble", "oracle"):
+        for label in which:
             r = g[label]
             print(f"MILR with the {label} critic on {r['prompts']} TEST prompts: world_oracle accuracy base {r['base']:.3f} -> "
                   f"{r['milr']:.3f} (gain {r['gain']:+.3f}; {r['run_dir']})")

@@ -114,6 +114,7 @@ class RunSpec(_Strict):
     budget: BudgetSpec = BudgetSpec()
     save_steps: bool = False
     cache_dir: Optional[str] = None  # on-disk score cache; None keeps it in memory
+    threads: Optional[int] = Field(default=None, gt=0)  # torch CPU threads; small models run best on 1
 
     @field_validator("device")
     @classmethod

@@ -192,9 +192,13 @@ def summarize(results: list[dict]) -> dict:
     by_tag: dict[str, list[dict]] = defaultdict(list)
     for r in results:
         by_tag[(r.get("metadata") or {}).get("tag", "all")].append(r)
+    def flat(side: dict) -> dict:
+        # held-out critics are prefixed so a critic used both ways keeps two columns
+        return {**side.get("scores", {}), **{f"eval:{k}": v for k, v in side.get("eval", {}).items()}}
+
     keys: list[str] = []
     for r in results:
-        for k in list(r["initial"].get("scores", {})) + list(r["initial"].get("eval", {})):
+        for k in flat(r["initial"]):
             if k not in keys:
                 keys.append(k)
     rows: dict[str, dict] = {}
@@ -203,7 +207,7 @@ def summarize(results: list[dict]) -> dict:
                "reward_final": _mean(r["final"]["reward"] for r in rs)}
         for k in keys:
             for when in ("initial", "final"):
-                vals = [(r[when].get("scores", {}) | r[when].get("eval", {})).get(k) for r in rs]
+                vals = [flat(r[when]).get(k) for r in rs]
                 row[f"{k}_{when}"] = _mean(vals)
         rows[tag] = row
     overall = {"n": len(results)}

@@ -168,6 +168,8 @@ def run_recipe(
         log(record.write_summary())
         return record.dir
 
+    if recipe.run.threads:
+        torch.set_num_threads(recipe.run.threads)
     torch.manual_seed(recipe.run.seed)
     model = build_model(recipe)
     critic, members, evals = build_critics(recipe, model, device)

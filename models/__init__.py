@@ -16,7 +16,7 @@ MODELS.register_lazy(
         image_size=32,
         hidden_size=128,
         latents=("text", "image"),
-        default_cfg=1.5,
+        default_cfg=2.0,
         default_temperature=1.0,
         weights="shipped in the package (safetensors, models/minimug/weights; card: MODEL_CARD.md)",
         reference="this project; structure after Janus-Pro (arXiv 2501.17811)",

@@ -5,7 +5,7 @@ Layout::
     RUN_DIR/manifest.json      resolved recipe, seed, package versions, git revision, device
     RUN_DIR/results.jsonl      one line per prompt, appended and fsync'ed as each prompt finishes
     RUN_DIR/images/NNNNN_initial.png, NNNNN_final.png   (steps/NNNNN_SSS.png with save_steps)
-    RUN_DIR/summary.json, summary.md                    written at the end
+    RUN_DIR/summary.json, summary.md, grid.png          written at the end (grid: initial | final)
 
 A line is written with a single ``write`` of the full line in append mode followed by ``fsync``,
 so a run killed with SIGKILL leaves at most one partial trailing line; :meth:`RunRecord.open`
@@ -166,7 +166,34 @@ class RunRecord:
         (self.dir / "summary.json").write_text(json.dumps(summary, indent=2))
         table = format_summary(summary)
         (self.dir / "summary.md").write_text(table + "\n")
+        self.write_grid()
         return table
+
+    def write_grid(self, max_rows: int = 48, cell: int = 128) -> Path | None:
+        """``grid.png``: one row per prompt, initial image beside final image (people look, not read)."""
+        from PIL import Image, ImageDraw
+
+        rows = []
+        for r in self.results()[:max_rows]:
+            paths = [self.dir / r["images"][k] for k in ("initial", "final")]
+            if all(p.is_file() for p in paths):
+                rows.append((r, paths))
+        if not rows:
+            return None
+        label_w = 4 * cell
+        grid = Image.new("RGB", (2 * cell + label_w, cell * len(rows)), "white")
+        draw = ImageDraw.Draw(grid)
+        for i, (r, paths) in enumerate(rows):
+            for j, p in enumerate(paths):
+                img = Image.open(p).convert("RGB").resize((cell, cell), Image.NEAREST)
+                grid.paste(img, (j * cell, i * cell))
+            text = f"{r['prompt']}\nreward {r['initial']['reward']:.3f} -> {r['final']['reward']:.3f}"
+            for k, v in (r["final"].get("eval") or {}).items():
+                text += f"\n{k}: {r['initial']['eval'].get(k, float('nan')):.2f} -> {v:.2f}"
+            draw.text((2 * cell + 8, i * cell + 8), text, fill="black")
+        path = self.dir / "grid.png"
+        grid.save(path)
+        return path
 
 
 def _json_default(o: Any) -> Any:

@@ -56,6 +56,10 @@ def test_run_writes_records(tmp_path):
         for key in ("initial", "final"):
             assert (run_dir / r["images"][key]).is_file()
     assert (run_dir / "summary.md").read_text().startswith("| tag |")
+    from PIL import Image
+
+    grid = Image.open(run_dir / "grid.png")
+    assert grid.size[1] == 3 * 128  # one row per prompt
 
 
 def test_same_seed_same_results(tmp_path):

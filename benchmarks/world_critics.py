@@ -48,6 +48,7 @@ def single_objects(n: int, seed: int) -> list[tuple[np.ndarray, str, str]]:
 def heldout_pairs(n: int, seed: int) -> list[dict]:
     """``n`` pairs on TEST-split prompts: (prompt, metadata, tag, kind, chosen, rejected)."""
     from milr.models.minimug import suite, world
+    from milr.world_data import applicable_kinds
 
     rng = np.random.default_rng([seed, 12])
     prompts = {t: suite.split_prompts(t, "test") for t in world.TAGS}
@@ -56,16 +57,7 @@ def heldout_pairs(n: int, seed: int) -> list[dict]:
     while len(out) < n:
         tag = world.TAGS[int(rng.integers(len(world.TAGS)))]
         md = prompts[tag][int(rng.integers(len(prompts[tag])))]
-        if md["prompt"] not in kinds_cache:
-            ok = []
-            for k in world.VIOLATION_KINDS:
-                try:
-                    world.sample_scene_violating(md, np.random.default_rng(0), kind=k)
-                    ok.append(k)
-                except (ValueError, RuntimeError):
-                    pass
-            kinds_cache[md["prompt"]] = ok
-        kinds = kinds_cache[md["prompt"]]
+        kinds = applicable_kinds(md, kinds_cache)
         kind = kinds[int(rng.integers(len(kinds)))]
         good = world.sample_scene_for(md, rng)
         bad = world.sample_scene_violating(md, rng, kind=kind)

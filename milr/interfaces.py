@@ -350,6 +350,16 @@ class Search(ABC):
     def done(self) -> bool:
         return False
 
+    @staticmethod
+    def _check_rewards(candidates: list[Candidate], rewards: "torch.Tensor") -> "torch.Tensor":
+        """Rewards as a flat float32 CPU tensor, one per candidate."""
+        import torch
+
+        r = torch.as_tensor(rewards, dtype=torch.float32).detach().cpu().reshape(-1)
+        if r.numel() != len(candidates):
+            raise ValueError(f"{len(candidates)} candidates but {r.numel()} rewards")
+        return r
+
     def _record(self, candidates: list[Candidate], rewards: "torch.Tensor") -> None:
         """Track the best and last candidate; strategies call this from ``tell``."""
         r = [float(x) for x in rewards]

@@ -182,11 +182,12 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _deep_merge(base: dict, over: dict) -> dict:
+def deep_merge(base: dict, over: dict) -> dict:
+    """Merge ``over`` onto ``base``: dicts merge key by key, everything else is replaced."""
     out = copy.deepcopy(base)
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
+            out[k] = deep_merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
     return out
@@ -207,7 +208,7 @@ def load_raw(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
         parent_path = resolve_recipe_path(parent, relative_to=path.parent)
     except RecipeError as e:
         raise RecipeError(str(path), "extends", e.problem) from None
-    return _deep_merge(load_raw(parent_path, _seen + (path,)), data)
+    return deep_merge(load_raw(parent_path, _seen + (path,)), data)
 
 
 _OVERRIDE = re.compile(r"^([A-Za-z_][\w\-]*(?:\.[\w\-]+)*)=(.*)$", re.S)
@@ -254,7 +255,7 @@ def load_recipe(ref: str | Path | dict, overrides: list[str] | tuple[str, ...] =
         file, data = None, copy.deepcopy(ref)
         parent = data.pop("extends", None)
         if parent:
-            data = _deep_merge(load_raw(resolve_recipe_path(parent)), data)
+            data = deep_merge(load_raw(resolve_recipe_path(parent)), data)
     else:
         path = resolve_recipe_path(ref)
         file, data = str(path), load_raw(path)

@@ -73,6 +73,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from milr.recipe import deep_merge
+
 log = logging.getLogger("milr.train_critic")
 
 TASKS = ("pairwise", "pointwise", "contrastive", "distill")
@@ -159,14 +161,6 @@ DEFAULTS: dict[str, Any] = {
 # =============================================================================================
 # Recipe
 # =============================================================================================
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
 
 
 def _unknown_keys(cfg: dict, defaults: dict, prefix: str = "") -> list[str]:
@@ -229,7 +223,7 @@ def load_train_recipe(recipe: Union[str, Path, dict], overrides: Union[Sequence[
         _resolve_file_paths(data, base_dir)
     # Overrides come after: their relative paths stay relative to the working directory.
     if isinstance(overrides, dict):
-        data = _merge(data, overrides)
+        data = deep_merge(data, overrides)
     elif overrides:
         from milr.recipe import apply_overrides
 
@@ -237,7 +231,7 @@ def load_train_recipe(recipe: Union[str, Path, dict], overrides: Union[Sequence[
     bad = _unknown_keys(data, DEFAULTS)
     if bad:
         raise ValueError(f"{source or 'recipe'}: unknown keys {bad}; allowed top-level keys: {sorted(DEFAULTS)}")
-    cfg = _merge(DEFAULTS, data)
+    cfg = deep_merge(DEFAULTS, data)
     cfg["_source"] = source
     if cfg["task"] not in TASKS:
         raise ValueError(f"{source or 'recipe'}: task must be one of {TASKS}, got {cfg['task']!r}")

@@ -87,7 +87,7 @@ def _write_jsonl(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def _applicable_kinds(md: dict, cache: dict[str, list[str]]) -> list[str]:
+def applicable_kinds(md: dict, cache: dict[str, list[str]]) -> list[str]:
     """Violation kinds that apply to a prompt (the world raises ValueError for the others)."""
     world, _ = _world()
     if md["prompt"] not in cache:
@@ -133,7 +133,7 @@ def write_pairwise(
         good = world.sample_scene_for(md, rng)
         kind = None
         if kind_weights:
-            kinds = _applicable_kinds(md, kinds_cache)
+            kinds = applicable_kinds(md, kinds_cache)
             w = np.array([float(kind_weights.get(k, 1.0)) for k in kinds])
             kind = kinds[int(rng.choice(len(kinds), p=w / w.sum()))]
         bad = world.sample_scene_violating(md, rng, kind=kind)

@@ -151,9 +151,7 @@ class BestOfN(Search):
     def tell(self, candidates: list[Candidate], rewards: torch.Tensor) -> None:
         if not candidates:
             return
-        r = torch.as_tensor(rewards, dtype=torch.float32).detach().cpu().reshape(-1)
-        if r.numel() != len(candidates):
-            raise ValueError(f"{len(candidates)} candidates but {r.numel()} rewards")
+        r = self._check_rewards(candidates, rewards)
         self._record(candidates, r)
         self._pending = 0
         entry = {"step": len(self.trace), "rewards": [round(float(x), 6) for x in r], "best": self._best[1],

@@ -187,9 +187,7 @@ class CMAES(Search):
     def tell(self, candidates: list[Candidate], rewards: torch.Tensor) -> None:
         if not candidates:
             return
-        r = torch.as_tensor(rewards, dtype=torch.float32).detach().cpu().reshape(-1)
-        if r.numel() != len(candidates):
-            raise ValueError(f"{len(candidates)} candidates but {r.numel()} rewards")
+        r = self._check_rewards(candidates, rewards)
         self._record(candidates, r)
         entry = {"step": len(self.trace), "rewards": [round(float(x), 6) for x in r], "best": self._best[1]}
         if self._asked is not None:

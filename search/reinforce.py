@@ -319,9 +319,7 @@ class Reinforce(Search):
     def tell(self, candidates: list[Candidate], rewards: torch.Tensor) -> None:
         if len(candidates) == 0:
             return
-        r = torch.as_tensor(rewards, dtype=torch.float32).detach().cpu().reshape(-1)
-        if r.numel() != len(candidates):
-            raise ValueError(f"{len(candidates)} candidates but {r.numel()} rewards")
+        r = self._check_rewards(candidates, rewards)
         self._record(candidates, r)
         updated = list(self._pending["updated"]) if self._pending else []
         if self.step > 0 and self.token_choice == "sample" and self.step <= self.steps:

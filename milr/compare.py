@@ -251,6 +251,12 @@ def format_table(table: dict) -> str:
     return "\n".join(lines)
 
 
+def strategy_colours(table: dict, cycle: list[str]) -> dict[str, str]:
+    """One colour per strategy for both panels (a strategy without a curve must not shift the others)."""
+    labels = list(dict.fromkeys([*table["rows"], *table["curves"]]))
+    return {label: cycle[i % len(cycle)] for i, label in enumerate(labels)}
+
+
 def plot_table(table: dict, path: Union[str, Path]) -> Path:
     """Score against compute: anytime best critic reward (left), final metric with interval (right)."""
     import matplotlib
@@ -259,9 +265,10 @@ def plot_table(table: dict, path: Union[str, Path]) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    colour = strategy_colours(table, plt.rcParams["axes.prop_cycle"].by_key()["color"])
     for label, c in table["curves"].items():
         if c["best_reward"]:
-            a1.plot(c["tokens"], c["best_reward"], label=label)
+            a1.plot(c["tokens"], c["best_reward"], label=label, color=colour[label])
     a1.set_xlabel("generator tokens per prompt")
     a1.set_ylabel("best critic reward so far (mean over prompts)")
     a1.set_title("anytime search progress")
@@ -272,7 +279,7 @@ def plot_table(table: dict, path: Union[str, Path]) -> Path:
         o = row["overall"]
         lo, hi = o["low"], o["high"]
         err = None if lo is None or math.isnan(lo) else [[o["mean"] - lo], [hi - o["mean"]]]
-        a2.errorbar([x], [o["mean"]], yerr=err, fmt="o", capsize=4, label=label)
+        a2.errorbar([x], [o["mean"]], yerr=err, fmt="o", capsize=4, label=label, color=colour[label])
     a2.set_xlabel("generator tokens per prompt (mean)")
     a2.set_ylabel(f"{table['metric']} (overall)")
     a2.set_title(f"final score, {int(round(table['confidence'] * 100))}% bootstrap interval")

@@ -394,6 +394,18 @@ def test_compare_runs_strategies_at_a_matched_budget(tmp_path):
     assert (out / "compare.png").stat().st_size > 1000
 
 
+def test_compare_plot_colours_match_across_panels():
+    from milr.compare import strategy_colours
+
+    cycle = ["c0", "c1", "c2"]
+    # "base" has no anytime curve (left panel) but a final point (right panel): the others keep
+    # the colours they have in the right panel.
+    table = {"rows": {"base": {}, "milr": {}, "bon": {}}, "curves": {"milr": {}, "bon": {}}}
+    assert strategy_colours(table, cycle) == {"base": "c0", "milr": "c1", "bon": "c2"}
+    table["rows"]["cma"] = {}
+    assert strategy_colours(table, cycle)["cma"] == "c0"  # the cycle wraps
+
+
 def test_step_cost_benchmark_runs(capsys):
     import importlib.util
     from pathlib import Path

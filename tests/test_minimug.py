@@ -51,11 +51,11 @@ def test_conformance_shipped(check):
     SHIPPED_SUITE.run(check)
 
 
-# -- the shipped model: regression floors well below its measured figures (understanding 0.68,
-# single_object 0.65 on the test split, see weights/MODEL_CARD.md) and above chance; the full
-# figures come from benchmarks/minimug_quality.py.
+# -- the shipped model: regression floors below its measured figures (understanding 0.949,
+# single_object 0.910 on the test split, see weights/MODEL_CARD.md) with room for the noise of a
+# small sample; the full figures come from benchmarks/minimug_quality.py.
 @pytest.mark.skipif(not HAVE_SHIPPED, reason="shipped MiniMUG weights not built yet")
-def test_shipped_understanding_and_single_objects_beat_chance():
+def test_shipped_understanding_and_single_objects_hold_their_floors():
     m = SHIPPED_SUITE.model
     rng = np.random.default_rng(5)
     imgs, qs, answers = [], [], []
@@ -68,11 +68,11 @@ def test_shipped_understanding_and_single_objects_beat_chance():
     x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255
     p = m.yes_probability(x, qs)
     acc = float(((p > 0.5) == torch.tensor(answers)).float().mean())
-    assert acc >= 0.58, f"understanding accuracy {acc:.2f} on balanced questions about rendered images"
+    assert acc >= 0.85, f"understanding accuracy {acc:.2f} on balanced questions about rendered images"
     items = suite.world_suite("test", ["single_object"], n_per_tag=5)
     _, _, px = m.generate([it["prompt"] for it in items], num_samples=4, generator=torch.Generator().manual_seed(0))
     ok = [scorer.score_image(px[i], items[i // 4]["metadata"]).correct for i in range(len(px))]
-    assert np.mean(ok) >= 0.35, f"single-object accuracy {np.mean(ok):.2f}"
+    assert np.mean(ok) >= 0.7, f"single-object accuracy {np.mean(ok):.2f}"
 
 
 # -- constructors and errors -----------------------------------------------------------------------

@@ -121,6 +121,51 @@ def understanding_accuracy(model: MiniMUG, n: int, seed: int, split: str) -> dic
     return out
 
 
+def judge_on_generated(model: MiniMUG, items: list[dict], samples: int) -> dict:
+    """The model judging its OWN images, as the ``self_judge`` critic does, against the exact scorer.
+
+    For each generated image the prompt's decomposed questions are asked; a question's truth is the
+    exact scorer's GenEval verdict on the question's metadata for that image. Image level: the
+    judge passes an image when every answer is yes (p > 0.5), compared with the scorer's verdict.
+    """
+    right, kinds, agree, judged_pass, true_pass = [], [], [], [], []
+    for start in range(0, len(items), 50):
+        chunk = items[start: start + 50]
+        px = model.generate([it["prompt"] for it in chunk], num_samples=samples,
+                            generator=torch.Generator().manual_seed(int(chunk[0]["seed"])))[2]
+        imgs, qs, truth, owner = [], [], [], []
+        for i, it in enumerate(chunk):
+            for j in range(samples):
+                img = px[i * samples + j]
+                for q in world.questions_for(it["metadata"]):
+                    imgs.append(img)
+                    qs.append(q)
+                    truth.append(scorer.score_image(img, world.question_metadata(q)).correct)
+                    owner.append(i * samples + j)
+        p = torch.cat([model.yes_probability(torch.stack(imgs[s: s + 256]), qs[s: s + 256]) for s in range(0, len(qs), 256)])
+        yes = (p > 0.5).tolist()
+        right += [y == t for y, t in zip(yes, truth)]
+        kinds += [world.question_kind(q) for q in qs]
+        for k in sorted(set(owner)):
+            idx = [n for n, o in enumerate(owner) if o == k]
+            jp, tp = all(yes[n] for n in idx), all(truth[n] for n in idx)
+            judged_pass.append(jp)
+            true_pass.append(tp)
+            agree.append(jp == tp)
+    out = {"question_accuracy": float(np.mean(right)), "questions": len(right), "images": len(agree),
+           "image_agreement": float(np.mean(agree)), "judged_pass_rate": float(np.mean(judged_pass)),
+           "true_pass_rate": float(np.mean(true_pass))}
+    tp = np.array(true_pass)
+    jp = np.array(judged_pass)
+    # Of the images the judge passes, how many really pass: what a search that trusts it gets.
+    out["precision_of_pass"] = float(tp[jp].mean()) if jp.any() else float("nan")
+    for k in world.QUESTION_KINDS:
+        sel = [r for r, kk in zip(right, kinds) if kk == k]
+        if sel:
+            out[k] = float(np.mean(sel))
+    return out
+
+
 def tokenizer_agreement(model: MiniMUG, n: int, seed: int, split: str) -> dict:
     """Share of rendered images whose exact-scorer verdict survives encode -> decode."""
     rng = np.random.default_rng([seed, 8])
@@ -140,12 +185,14 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", default=None, help="weights folder or .safetensors (default: shipped)")
     ap.add_argument("--split", default="test", choices=["train", "test"])
-    ap.add_argument("--n-per-tag", type=int, default=50)
+    ap.add_argument("--n-per-tag", type=int, default=50, help="prompts per category for generation (0: skip)")
     ap.add_argument("--samples", type=int, default=4, help="images per prompt")
     ap.add_argument("--cfg", type=float, nargs="+", default=None, help="CFG weight(s); default: the model's")
     ap.add_argument("--temperature", type=float, nargs="+", default=None, help="temperature(s); default: the model's")
     ap.add_argument("--no-reasoning", action="store_true", help="generate without the plan")
     ap.add_argument("--understanding", type=int, default=500, help="rendered images for understanding (0: skip)")
+    ap.add_argument("--judge-per-tag", type=int, default=20,
+                    help="prompts per category whose generated images the model judges itself (0: skip)")
     ap.add_argument("--tokenizer-images", type=int, default=1000, help="rendered images for the round trip (0: skip)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
@@ -163,7 +210,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     print(f"MiniMUG quality on the {a.split} split: {a.n_per_tag} prompts x {a.samples} images per category, exact scorer")
     head = f"{'cfg':>5} {'temp':>5} " + " ".join(f"{t[:12]:>12}" for t in tags) + f" {'overall':>8} {'best-of-n':>9} {'sec':>5}"
     print(head)
-    for w in cfgs:
+    for w in cfgs if a.n_per_tag else []:
         for temp in temps:
             t0 = time.perf_counter()
             g = generation_scores(model, items, a.samples, w, temp, reasoning=not a.no_reasoning)
@@ -179,6 +226,15 @@ def main(argv: Optional[list[str]] = None) -> dict:
         results["understanding"] = u
         print(f"understanding accuracy {u['accuracy']:.3f} on {u['questions']} questions about rendered images "
               f"(yes {u['yes_fraction']:.2f}); " + " ".join(f"{k}={u[k]:.3f}" for k in world.QUESTION_KINDS if k in u))
+    if a.judge_per_tag:
+        jitems = suite.world_suite(a.split, n_per_tag=a.judge_per_tag)
+        jg = judge_on_generated(model, jitems, 2)
+        results["self_judge_on_generated"] = jg
+        print(f"self-judging its own images ({jg['images']} generated, default sampling): question accuracy "
+              f"{jg['question_accuracy']:.3f} on {jg['questions']} questions ("
+              + " ".join(f"{k}={jg[k]:.3f}" for k in world.QUESTION_KINDS if k in jg)
+              + f"); image verdict agreement {jg['image_agreement']:.3f}; judged pass {jg['judged_pass_rate']:.3f}"
+              f" vs true pass {jg['true_pass_rate']:.3f}; precision of a pass {jg['precision_of_pass']:.3f}")
     if a.tokenizer_images:
         tk = tokenizer_agreement(model, a.tokenizer_images, a.seed, a.split)
         results["tokenizer"] = tk

@@ -213,3 +213,43 @@ def test_training_smoke_then_resume(tmp_path, capsys):
     log = capsys.readouterr().out
     assert "resuming from" in log
     assert json.loads((out / "config.json").read_text())["training"]["steps"] == 12
+
+
+# -- benchmarks/minimug_quality.py: the self-judging diagnostic -------------------------------------
+def _quality_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "minimug_quality.py"
+    spec = importlib.util.spec_from_file_location("minimug_quality", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class _JudgeWrapper:
+    """The shipped model's generation with a replaced yes/no judge."""
+
+    def __init__(self, model, answer):
+        self.model, self.answer = model, answer
+
+    def generate(self, *args, **kwargs):
+        return self.model.generate(*args, **kwargs)
+
+    def yes_probability(self, images, questions):
+        return torch.tensor([float(self.answer(img, q)) for img, q in zip(images, questions)])
+
+
+@pytest.mark.skipif(not HAVE_SHIPPED, reason="shipped MiniMUG weights not built yet")
+def test_judge_on_generated_scores_a_judge_against_the_exact_scorer():
+    q = _quality_module()
+    items = suite.world_suite("test", ["two_object", "counting"], n_per_tag=3)
+    oracle = _JudgeWrapper(SHIPPED_SUITE.model, lambda img, qq: scorer.score_image(img, world.question_metadata(qq)).correct)
+    r = q.judge_on_generated(oracle, items, samples=2)
+    assert r["images"] == 12 and r["question_accuracy"] == 1.0 and r["image_agreement"] == 1.0
+    assert r["judged_pass_rate"] == r["true_pass_rate"]
+    yes_man = _JudgeWrapper(SHIPPED_SUITE.model, lambda img, qq: True)
+    r2 = q.judge_on_generated(yes_man, items, samples=2)
+    assert r2["judged_pass_rate"] == 1.0
+    assert r2["precision_of_pass"] == pytest.approx(r["true_pass_rate"])  # same images, same seeds
+    assert r2["image_agreement"] == pytest.approx(r["true_pass_rate"])

@@ -275,6 +275,36 @@ class MUGModel(ABC):
         """P(answer is yes) for each (image, question) pair; ``Tensor[B]`` in [0, 1]."""
 
     # -- helpers -------------------------------------------------------------------------------
+    def _sampling_args(self, num_samples: int, cfg: Optional[float], temperature: Optional[float]) -> tuple[float, float]:
+        """``sample_image``'s shared argument checks; returns ``(cfg, temperature)`` with defaults filled in."""
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        w = self.default_cfg if cfg is None else float(cfg)
+        temp = self.default_temperature if temperature is None else float(temperature)
+        if temp < 0:
+            raise ValueError(f"temperature must be >= 0, got {temp}")
+        return w, temp
+
+    def _check_image_prefix(self, prefix_tokens: Any, rows: int, codebook_size: int) -> Optional["torch.Tensor"]:
+        """Validate ``sample_image``'s forced tokens ``[rows, L <= image_tokens]``.
+
+        Returns them as a long tensor on the model's device, or None when there are none.
+        """
+        import torch
+
+        if prefix_tokens is None:
+            return None
+        p = torch.as_tensor(prefix_tokens)
+        if p.dim() != 2 or p.shape[0] != rows:
+            raise ValueError(f"prefix_tokens must be [R, L] with R = prompts * num_samples = {rows}, got {tuple(p.shape)}")
+        if p.shape[1] > self.image_tokens:
+            raise ValueError(f"prefix_tokens has {p.shape[1]} tokens; an image has {self.image_tokens}")
+        if p.is_floating_point():
+            raise TypeError("prefix_tokens must be integer token ids")
+        if p.numel() and (int(p.min()) < 0 or int(p.max()) >= codebook_size):
+            raise ValueError(f"prefix_tokens has ids outside the image codebook [0, {codebook_size})")
+        return p.long().to(getattr(self, "device", "cpu")) if p.shape[1] else None
+
     def decode_text(self, ids: "torch.Tensor") -> str:  # pragma: no cover - models override
         raise NotImplementedError
 

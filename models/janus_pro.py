@@ -431,15 +431,10 @@ class JanusPro(MUGModel):
         """
         if not isinstance(context, JanusImageContext):
             raise TypeError(f"sample_image() needs the context from image_context(), got {type(context).__name__}")
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        w = self.default_cfg if cfg is None else float(cfg)
-        temp = self.default_temperature if temperature is None else float(temperature)
-        if temp < 0:
-            raise ValueError(f"temperature must be >= 0, got {temp}")
+        w, temp = self._sampling_args(num_samples, cfg, temperature)
         b, n = context.batch, self.image_tokens
         r_rows = b * num_samples
-        forced = self._check_image_prefix(prefix_tokens, r_rows)
+        forced = self._check_image_prefix(prefix_tokens, r_rows, self.codebook_size)
         k = 0 if forced is None else forced.shape[1]
         generator = _generator_for(generator, self.device)
 
@@ -490,20 +485,6 @@ class JanusPro(MUGModel):
         # Both CFG rows of every position are decoded through the transformer, forced ones included.
         self.counter.add_image(2 * r_rows * n)
         return ImageResult(tokens=tokens, hidden=hidden, cfg=w, temperature=temp)
-
-    def _check_image_prefix(self, prefix_tokens: Optional[torch.Tensor], r_rows: int) -> Optional[torch.Tensor]:
-        if prefix_tokens is None:
-            return None
-        p = torch.as_tensor(prefix_tokens)
-        if p.dim() != 2 or p.shape[0] != r_rows:
-            raise ValueError(f"prefix_tokens must be [R, L] with R = prompts * num_samples = {r_rows}, got {tuple(p.shape)}")
-        if p.shape[1] > self.image_tokens:
-            raise ValueError(f"prefix_tokens has {p.shape[1]} tokens; an image has {self.image_tokens}")
-        if p.is_floating_point():
-            raise TypeError("prefix_tokens must be integer token ids")
-        if p.numel() and (int(p.min()) < 0 or int(p.max()) >= self.codebook_size):
-            raise ValueError(f"prefix_tokens has ids outside the image codebook [0, {self.codebook_size})")
-        return p.long().to(self.device) if p.shape[1] else None
 
     @torch.no_grad()
     def decode_image(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -181,22 +181,22 @@ def test_threshold_stops_before_the_next_step(model):
     assert search.done() and torch.equal(search.z_text.detach(), z0)
 
 
-@pytest.mark.parametrize("make", [
+# Each strategy with a count large enough that only the budget can stop it.
+every_strategy = pytest.mark.parametrize("make", [
     lambda: Reinforce(steps=50),
     lambda: BestOfN(n=100, batch_size=4),
     lambda: CMAES(generations=50, popsize=4),
 ], ids=["reinforce", "best_of_n", "cma_es"])
+
+
+@every_strategy
 def test_critic_call_budget_is_exact(model, make):
     s, _ = toy_loop(make(), model, TargetTokenCritic(), budget=Budget(critic_calls=11))
     assert s.ledger.critic_calls == 11
     assert sum(len(t["rewards"]) for t in s.trace) == 11
 
 
-@pytest.mark.parametrize("make", [
-    lambda: Reinforce(steps=50),
-    lambda: BestOfN(n=100, batch_size=4),
-    lambda: CMAES(generations=50, popsize=4),
-], ids=["reinforce", "best_of_n", "cma_es"])
+@every_strategy
 def test_token_budget_stops_the_loop(model, make):
     cap = 3000
     s, _ = toy_loop(make(), model, TargetTokenCritic(), budget=Budget(generator_tokens=cap))

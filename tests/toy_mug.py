@@ -204,12 +204,10 @@ class ToyMUG(MUGModel):
         return_hidden: bool = True,
         use_prompt_cache: bool = True,
     ) -> ImageResult:
-        w = self.default_cfg if cfg is None else cfg
-        T = self.default_temperature if temperature is None else temperature
+        w, T = self._sampling_args(num_samples, cfg, temperature)
         B = context.cond.shape[0]
         R, N = B * num_samples, self.image_tokens
-        if prefix_tokens is not None and (prefix_tokens.dim() != 2 or prefix_tokens.shape[0] != R or prefix_tokens.shape[1] > N):
-            raise ValueError(f"prefix_tokens must be [{R}, L<={N}], got {tuple(prefix_tokens.shape)}")
+        prefix_tokens = self._check_image_prefix(prefix_tokens, R, self.image_vocab)
         if not use_prompt_cache:
             self.prompt_encodes += B
         ctx = torch.stack([context.cond, context.uncond], dim=1).repeat_interleave(num_samples, dim=0)  # [R, 2, H]

@@ -564,23 +564,13 @@ class MiniMUG(MUGModel):
         return_hidden: bool = True,
         use_prompt_cache: bool = True,
     ) -> ImageResult:
-        """CFG sampling; ``temperature <= 0`` takes the argmax of the fused logits."""
-        if num_samples < 1:
-            raise ValueError("num_samples must be >= 1")
-        w = self.default_cfg if cfg is None else float(cfg)
-        temp = self.default_temperature if temperature is None else float(temperature)
+        """CFG sampling; ``temperature == 0`` takes the argmax of the fused logits."""
+        w, temp = self._sampling_args(num_samples, cfg, temperature)
         b = context.batch_size
         r_rows = b * num_samples
         n = self.image_tokens
-        k = self.config.codebook_size
-        forced_len = 0
-        if prefix_tokens is not None:
-            prefix_tokens = torch.as_tensor(prefix_tokens, dtype=torch.long).to(self.device)
-            if prefix_tokens.dim() != 2 or prefix_tokens.shape[0] != r_rows or prefix_tokens.shape[1] > n:
-                raise ValueError(f"prefix_tokens must be [{r_rows}, L<= {n}]; got {tuple(prefix_tokens.shape)}")
-            if prefix_tokens.numel() and (prefix_tokens.min() < 0 or prefix_tokens.max() >= k):
-                raise ValueError(f"prefix_tokens must be image codes in [0, {k})")
-            forced_len = prefix_tokens.shape[1]
+        forced = self._check_image_prefix(prefix_tokens, r_rows, self.config.codebook_size)
+        forced_len = 0 if forced is None else forced.shape[1]
         rows = torch.arange(b, device=self.device).repeat_interleave(num_samples)
         index = torch.cat([rows, rows + b])  # [cond R; uncond R]
         if use_prompt_cache:
@@ -593,7 +583,7 @@ class MiniMUG(MUGModel):
         for i in range(n):
             hc, hu = h[:r_rows], h[r_rows:]
             if i < forced_len:
-                tok = prefix_tokens[:, i]
+                tok = forced[:, i]
             else:
                 logits = fuse_cfg(self.image_head(hc), self.image_head(hu), w).float()
                 if temp <= 0:

@@ -95,12 +95,35 @@ def ultralytics_offline() -> None:
                 warnings.warn(f"could not place a font at {target} ({e}); set YOLO_CONFIG_DIR to a writable folder")
 
 
+def shipped_detectors() -> dict[str, Path]:
+    """Detectors shipped with milr, by name: ``milr/critics/weights/<name>/<name>.pt``."""
+    root = Path(__file__).resolve().parent / "weights"
+    if not root.is_dir():
+        return {}
+    return {p.name: p / f"{p.name}.pt" for p in sorted(root.iterdir()) if (p / f"{p.name}.pt").is_file()}
+
+
+def resolve_yolo_weights(weights: Union[str, Path]) -> Path:
+    """A local ``.pt``/``.yaml`` path, or the name of a shipped detector (``world_detector``)."""
+    path = Path(str(weights)).expanduser()
+    if path.suffix == "" and not path.exists():
+        shipped = shipped_detectors()
+        if str(weights) in shipped:
+            return shipped[str(weights)]
+        raise FileNotFoundError(
+            f"detector weights {str(weights)!r}: not a file and not a shipped detector "
+            f"(shipped: {', '.join(shipped) or 'none installed'}); give a local YOLO .pt"
+        )
+    return path
+
+
 def load_yolo(weights: Union[str, Path]) -> Any:
-    """An ultralytics ``YOLO`` from a local ``.pt`` (or an architecture ``.yaml``: random weights)."""
+    """An ultralytics ``YOLO`` from a local ``.pt``, a shipped detector's name, or an architecture
+    ``.yaml`` (random weights)."""
     ultralytics_offline()
     from ultralytics import YOLO
 
-    path = Path(str(weights)).expanduser()
+    path = resolve_yolo_weights(weights)
     if path.suffix in (".yaml", ".yml"):
         # Architecture files ship inside ultralytics (yolov8n.yaml), so a bare name is fine here.
         warnings.warn(f"detector: {weights} is an architecture file; the detector has random weights")
@@ -273,7 +296,7 @@ class DetectorCritic(Critic):
 
         if isinstance(weights, (str, Path)):
             self.yolo = load_yolo(weights)
-            p = Path(str(weights)).expanduser()
+            p = resolve_yolo_weights(weights)
             weights_id = file_sha256(p) if p.is_file() else str(weights)
         else:  # a loaded ultralytics model (or a stand-in exposing predict and names)
             ultralytics_offline()

@@ -6,6 +6,7 @@
     milr compare RECIPE --searches reinforce,best_of_n,cma_es [key.path=value ...]
     milr train minimug CONFIG [--out DIR]
     milr train-critic RECIPE [key.path=value ...]
+    milr train-detector RECIPE [key.path=value ...]
 
 RECIPE is a YAML path or the name of a shipped recipe (``quickstart``). Heavy imports happen
 inside the commands so ``milr list`` answers without loading torch.
@@ -108,6 +109,15 @@ def _cmd_train_critic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_detector(args: argparse.Namespace) -> int:
+    from milr.training.detector import load_detector_config, train_detector
+
+    cfg = load_detector_config(args.recipe, args.overrides)
+    out = train_detector(cfg, log=lambda s: print(s, file=sys.stderr))
+    print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="milr", description="Test-time latent reasoning for image generation (MILR).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -146,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("recipe")
     tc.add_argument("overrides", nargs="*")
     tc.set_defaults(fn=_cmd_train_critic)
+
+    td = sub.add_parser("train-detector", help="train a YOLO world detector with ultralytics")
+    td.add_argument("recipe", help="training recipe, e.g. train-world-detector")
+    td.add_argument("overrides", nargs="*")
+    td.set_defaults(fn=_cmd_train_detector)
     return p
 
 

@@ -1,0 +1,272 @@
+"""The world detector: a multi-class YOLO trained with ultralytics on rendered MiniMUG scenes.
+
+GenEval (Ghosh et al. 2023, arXiv 2310.11513) scores an image with an object detector, a colour
+classifier and rules. On MiniMUG's world the ``detector`` critic runs that pipeline for real when it
+has a detector that knows the world's five shapes: this module trains one with ultralytics
+(Jocher et al., github.com/ultralytics/ultralytics; ``YOLO(arch).train(data=...)``), and the critic's
+palette colour classifier reads each box's colour.
+
+Training data is the world's *truth*, never the exact scorer's opinion of generated images (that
+would hand the oracle to the critic): scenes are drawn from the world's generators (unconditional
+scenes, and scenes that follow or narrowly violate TRAIN-split prompts), labelled with their
+ground-truth boxes and shapes. Because MiniMUG's images come out of its patch tokenizer, a fraction
+of the rendered scenes is passed through the shipped tokenizer (encode + decode, the
+"reconstruction" augmentation): same labels, the pixels generated images are made of.
+
+Images are 32x32; YOLO sees them at ``imgsz`` (64 by default, a 2x upscale, so the smallest
+8-pixel object spans 16 input pixels, two cells of the stride-8 head).
+
+``milr train-detector recipes/train-world-detector.yaml [key.path=value ...]`` writes the YOLO
+dataset, trains, and exports ``world_detector.pt`` + ``card.json`` + ``MODEL_CARD.md`` to
+``output`` (and to ``export_to`` when set: the shipped copy lives in
+``milr/critics/weights/world_detector``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence, Union
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+WEIGHTS_FILE = "world_detector.pt"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DetectorData(_Strict):
+    n_train: int = Field(12000, ge=1, le=1_000_000)
+    n_val: int = Field(1000, ge=1, le=100_000)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    # Shares of the scene kinds (normalised): unconditional 1-4 objects; following a train prompt;
+    # narrowly violating a train prompt (the mistakes generated images make).
+    unconditional: float = Field(0.4, ge=0)
+    follow: float = Field(0.3, ge=0)
+    violate: float = Field(0.3, ge=0)
+    reconstruct: float = Field(0.5, ge=0, le=1)  # share passed through MiniMUG's tokenizer
+
+
+class DetectorModel(_Strict):
+    arch: str = "yolov8n.yaml"  # an ultralytics architecture file (random init) or a local .pt
+
+
+class DetectorTrain(_Strict):
+    epochs: int = Field(20, ge=1, le=1000)
+    batch: int = Field(64, ge=1, le=4096)
+    imgsz: int = Field(64, ge=32, le=1280, multiple_of=32)
+    optimizer: Literal["auto", "SGD", "Adam", "AdamW"] = "auto"  # auto: ultralytics picks by iteration count
+    lr0: float = Field(0.01, gt=0, le=1)  # used unless optimizer is auto
+    workers: int = Field(2, ge=0, le=64)
+    patience: int = Field(100, ge=0)
+    device: str = "cpu"
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    # World-specific augmentation: objects have one fixed scale and vertical flips make shapes the
+    # world does not have (a downward triangle), so mosaic, scaling and flipud stay off.
+    mosaic: float = Field(0.0, ge=0, le=1)
+    scale: float = Field(0.1, ge=0, le=1)
+    translate: float = Field(0.1, ge=0, le=1)
+    fliplr: float = Field(0.5, ge=0, le=1)
+    hsv_h: float = Field(0.0, ge=0, le=1)  # colour is read by the palette, but hue jitter would blur shapes' colour cues
+    hsv_s: float = Field(0.3, ge=0, le=1)
+    hsv_v: float = Field(0.3, ge=0, le=1)
+    amp: bool = False
+    threads: Optional[int] = Field(None, ge=1, le=256)
+
+
+class DetectorTrainConfig(_Strict):
+    """``milr train-detector`` recipe (YAML; ``extends`` and dotted overrides as run recipes)."""
+
+    task: Literal["detector"] = "detector"
+    name: str = "world_detector"
+    description: str = ""
+    output: str = "runs/detectors/world_detector"
+    export_to: Optional[str] = None
+    data: DetectorData = DetectorData()
+    model: DetectorModel = DetectorModel()
+    train: DetectorTrain = DetectorTrain()
+
+
+def load_detector_config(ref: Union[str, Path, dict], overrides: Sequence[str] = ()) -> DetectorTrainConfig:
+    """Read, merge (``extends``), override and validate; raises :class:`milr.recipe.RecipeError`."""
+    from milr.recipe import RecipeError, RecipeErrors, _describe, apply_overrides, load_raw, resolve_recipe_path
+
+    if isinstance(ref, dict):
+        file, data = None, dict(ref)
+    else:
+        path = resolve_recipe_path(ref)
+        file, data = str(path), load_raw(path)
+    data = apply_overrides(data, list(overrides), file)
+    try:
+        return DetectorTrainConfig.model_validate(data)
+    except ValidationError as e:
+        allowed = {"": list(DetectorTrainConfig.model_fields)}
+        for sub in ("data", "model", "train"):
+            allowed[sub] = list(type(getattr(DetectorTrainConfig(), sub)).model_fields)
+        errors = [RecipeError(file, *_describe(err, allowed)) for err in e.errors()]
+        raise (errors[0] if len(errors) == 1 else RecipeErrors(errors)) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+def _scene_for_kind(kind: str, rng: np.random.Generator):
+    from milr.models.minimug import suite, world
+
+    if kind == "unconditional":
+        return world.random_scene(rng)
+    md = suite.sample_train_prompt(rng)
+    if kind == "follow":
+        return world.sample_scene_for(md, rng)
+    return world.sample_scene_violating(md, rng)
+
+
+def yolo_labels(scene) -> list[str]:
+    """YOLO label lines ``cls cx cy w h`` (normalised) from a scene's ground-truth objects."""
+    from milr.models.minimug import world
+
+    size = float(world.IMAGE_SIZE)
+    lines = []
+    for obj in scene.objects:
+        x1, y1, x2, y2 = world.obj_box(obj)
+        cls = world.SHAPES.index(obj.shape)
+        lines.append(f"{cls} {(x1 + x2) / 2 / size:.6f} {(y1 + y2) / 2 / size:.6f} {(x2 - x1) / size:.6f} {(y2 - y1) / size:.6f}")
+    return lines
+
+
+def write_dataset(cfg: DetectorData, root: Union[str, Path], tokenizer: Any = None, log=print) -> Path:
+    """Write a YOLO dataset (``images/{train,val}``, ``labels/{train,val}``, ``data.yaml``).
+
+    ``tokenizer``: an object with ``round_trip(uint8 [B,32,32,3]) -> uint8`` (MiniMUG's); the
+    shipped one when None and ``cfg.reconstruct > 0``. Seeded: the same config writes the same files.
+    """
+    import yaml
+    from PIL import Image
+
+    from milr.models.minimug import world
+
+    root = Path(root)
+    shares = np.array([cfg.unconditional, cfg.follow, cfg.violate], dtype=float)
+    if shares.sum() <= 0:
+        raise ValueError("data: unconditional + follow + violate must be > 0")
+    shares = shares / shares.sum()
+    if cfg.reconstruct > 0 and tokenizer is None:
+        from milr.models.minimug.model import MiniMUG
+
+        tokenizer = MiniMUG().tokenizer
+    kinds = ("unconditional", "follow", "violate")
+    for split, n, seed in (("train", cfg.n_train, cfg.seed), ("val", cfg.n_val, cfg.seed + 1_000_003)):
+        rng = np.random.default_rng(seed)
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        for start in range(0, n, 256):
+            count = min(256, n - start)
+            scenes = [_scene_for_kind(kinds[int(rng.choice(3, p=shares))], rng) for _ in range(count)]
+            images = np.stack([world.render(s) for s in scenes])
+            recon = rng.random(count) < cfg.reconstruct
+            if recon.any():
+                images[recon] = tokenizer.round_trip(images[recon])
+            for j, (scene, img) in enumerate(zip(scenes, images)):
+                stem = f"{split}_{start + j:07d}"
+                Image.fromarray(img).save(root / "images" / split / f"{stem}.png")
+                (root / "labels" / split / f"{stem}.txt").write_text("\n".join(yolo_labels(scene)) + "\n")
+        log(f"train-detector: wrote {n} {split} images in {time.time() - t0:.0f}s")
+    data_yaml = root / "data.yaml"
+    data_yaml.write_text(yaml.safe_dump({
+        "path": str(root.resolve()), "train": "images/train", "val": "images/val",
+        "names": {i: s for i, s in enumerate(world.SHAPES)},
+    }, sort_keys=False))
+    return data_yaml
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+def _build_yolo(model: DetectorModel):
+    from milr.critics.detector import ultralytics_offline
+
+    ultralytics_offline()
+    from ultralytics import YOLO
+
+    if not model.arch.endswith((".pt", ".yaml", ".yml")):
+        raise ValueError(f"model.arch must be an ultralytics architecture .yaml or a local .pt, got {model.arch!r}")
+    return YOLO(model.arch)
+
+
+def train_detector(cfg: DetectorTrainConfig, log=print) -> Path:
+    """Write the data, train, export the weights and the card; returns the output folder."""
+    import torch
+
+    from milr.models.minimug import world
+
+    out = Path(cfg.output).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    t_start = time.time()
+    data_yaml = write_dataset(cfg.data, out / "dataset", log=log)
+    yolo = _build_yolo(cfg.model)
+    t_train = time.time()
+    t = cfg.train
+    yolo.train(
+        data=str(data_yaml), epochs=t.epochs, batch=t.batch, imgsz=t.imgsz, optimizer=t.optimizer, lr0=t.lr0, workers=t.workers,
+        patience=t.patience, device=t.device, seed=t.seed, deterministic=True, project=str(out), name="yolo",
+        exist_ok=True, mosaic=t.mosaic, close_mosaic=0, scale=t.scale, translate=t.translate, fliplr=t.fliplr,
+        flipud=0.0, hsv_h=t.hsv_h, hsv_s=t.hsv_s, hsv_v=t.hsv_v, amp=t.amp, plots=False, verbose=False,
+        pretrained=False,
+    )
+    train_minutes = (time.time() - t_train) / 60
+    best = out / "yolo" / "weights" / "best.pt"
+    if not best.is_file():
+        best = out / "yolo" / "weights" / "last.pt"
+    shutil.copy(best, out / WEIGHTS_FILE)
+    metrics = _val_metrics(out / "yolo")
+    n_params = sum(p.numel() for p in yolo.model.parameters())
+    card = {
+        "name": cfg.name,
+        "kind": "detector",
+        "classes": list(world.SHAPES),
+        "imgsz": t.imgsz,
+        "arch": cfg.model.arch,
+        "parameters": int(n_params),
+        "train_minutes": round(train_minutes, 1),
+        "total_minutes": round((time.time() - t_start) / 60, 1),
+        "data": cfg.data.model_dump(),
+        "train": cfg.train.model_dump(),
+        "val": metrics,
+        "recipe": cfg.model_dump(),
+        "usage": "{name: detector, weights: world_detector, colors: palette, palette: minimug}",
+    }
+    (out / "card.json").write_text(json.dumps(card, indent=2))
+    if cfg.export_to:
+        dest = Path(cfg.export_to)
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy(out / WEIGHTS_FILE, dest / WEIGHTS_FILE)
+        existing = dest / "card.json"
+        merged = json.loads(existing.read_text()) if existing.is_file() else {}
+        merged.update(card)
+        existing.write_text(json.dumps(merged, indent=2))
+    log(f"train-detector: {out / WEIGHTS_FILE} ({n_params} parameters, {train_minutes:.1f} min training)")
+    return out
+
+
+def _val_metrics(run_dir: Path) -> dict:
+    """The last epoch's validation metrics from ultralytics' ``results.csv``."""
+    import csv
+
+    f = run_dir / "results.csv"
+    if not f.is_file():
+        return {}
+    rows = list(csv.DictReader(f.open()))
+    if not rows:
+        return {}
+    last = {k.strip(): v for k, v in rows[-1].items()}
+    keep = ("epoch", "metrics/precision(B)", "metrics/recall(B)", "metrics/mAP50(B)", "metrics/mAP50-95(B)")
+    return {k: float(last[k]) for k in keep if k in last and last[k] not in ("", None)}

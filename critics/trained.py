@@ -1,4 +1,4 @@
-"""``trained``: a critic trained by ``milr train-critic`` (:mod:`milr.train_critic`), loaded from its folder.
+"""``trained``: a critic trained by ``milr train-critic`` (:mod:`milr.training`), loaded from its folder.
 
 One step from training to use: a recipe names ``{name: trained, path: <checkpoint folder>}`` and
 this loads the network described in the folder's ``critic.json`` with the weights next to it; the
@@ -136,7 +136,7 @@ class TrainedCritic(Critic):
             return
         from safetensors.torch import load_file
 
-        from milr.train_critic import RewardNet, output_transform
+        from milr.critics.reward_net import RewardNet, output_transform
 
         cfg = dict(self.info["network"], _restoring=True, _folder=str(self.folder))
         self.net = RewardNet(cfg)

@@ -13,6 +13,18 @@ arguments, written flat::
 ``extends: other.yaml`` merges another recipe underneath (dicts merge key by key, lists are
 replaced); command-line overrides are dotted (``search.steps=10``, ``critics.0.weight=2``).
 
+Optional early stopping on disagreement (:class:`milr.diagnostics.Guard`)::
+
+    guard: {critic: {name: world_oracle, mode: partial}, patience: 2, tolerance: 0.0}
+
+A held-out guard critic (never part of the search reward, so it must not be one of ``critics``)
+scores the best-so-far image after each step. A step is rejected when the search reward of the
+best-so-far is above the initial image's while the guard's score is below the initial image's by
+more than ``tolerance``; after ``patience`` consecutive rejected steps the search stops. The run
+returns the last best-so-far the guard did not reject (the initial image at worst) and records
+``guard.stopped`` and ``guard.stopped_at_step`` in the result line. Guard scores are a real cost:
+each distinct best-so-far image scored counts as one critic call in the budget ledger.
+
 Everything is validated before any weights load: the structure (pydantic), component names
 (with "did you mean"), and each component's arguments against its constructor's signature.
 Every error names the file, the key path, what was found and what is allowed.
@@ -124,12 +136,21 @@ class RunSpec(_Strict):
         return v
 
 
+class GuardSpec(_Strict):
+    """Early stopping on disagreement with a held-out critic (see the module docstring)."""
+
+    critic: ComponentSpec
+    patience: int = Field(default=2, ge=1)
+    tolerance: float = Field(default=0.0, ge=0)
+
+
 class Recipe(_Strict):
     description: Optional[str] = None
     model: ComponentSpec
     critics: list[CriticSpec] = Field(min_length=1)
     combine: Optional[dict[str, Any]] = None  # arguments of the ensemble when several critics
     evaluate: list[CriticSpec] = []  # held-out critics: score initial and final images only
+    guard: Optional[GuardSpec] = None  # held-out critic that stops the search on disagreement
     search: ComponentSpec
     prompts: PromptsSpec
     run: RunSpec = RunSpec()
@@ -317,6 +338,7 @@ def _allowed_keys() -> dict[str, list[str]]:
     keys["prompts"] = list(PromptsSpec.model_fields)
     keys["run"] = list(RunSpec.model_fields)
     keys["run.budget"] = list(BudgetSpec.model_fields)
+    keys["guard"] = list(GuardSpec.model_fields)
     return keys
 
 
@@ -393,6 +415,13 @@ def check_recipe_components(recipe: Recipe) -> None:
         errors += validate_component_args(CRITICS, c, f"critics.{i}", file)
     for i, c in enumerate(recipe.evaluate):
         errors += validate_component_args(CRITICS, c, f"evaluate.{i}", file)
+    if recipe.guard is not None:
+        g = recipe.guard.critic
+        errors += validate_component_args(CRITICS, g, "guard.critic", file)
+        for i, c in enumerate(recipe.critics):
+            if c.name == g.name and c.args == g.args:
+                errors.append(RecipeError(file, "guard.critic", f"the guard must be held out, but it is search critic "
+                                          f"critics.{i} ({c.name}); pick a critic the search does not see"))
     errors += validate_component_args(SEARCHES, recipe.search, "search", file)
     p = recipe.prompts
     if p.suite is not None and p.suite not in SUITES:

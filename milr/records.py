@@ -6,6 +6,8 @@ Layout::
     RUN_DIR/results.jsonl      one line per prompt, appended and fsync'ed as each prompt finishes
     RUN_DIR/images/NNNNN_initial.png, NNNNN_final.png   (steps/NNNNN_SSS.png with save_steps)
     RUN_DIR/summary.json, summary.md, grid.png          written at the end (grid: initial | final)
+    RUN_DIR/curves.png   per-step rewards by category; summary.md's "Reward hacking check" section
+                         (both from :mod:`milr.diagnostics`)
 
 A line is written with a single ``write`` of the full line in append mode followed by ``fsync``,
 so a run killed with SIGKILL leaves at most one partial trailing line; :meth:`RunRecord.open`
@@ -164,9 +166,14 @@ class RunRecord:
     def write_summary(self) -> str:
         summary = self.summarize()
         (self.dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        table = format_summary(summary)
+        from milr.diagnostics import hacking_report, write_curves
+
+        results = self.results()
+        # The table, then whether the search reward rose while a held-out critic fell.
+        table = format_summary(summary) + "\n\n" + hacking_report(results)
         (self.dir / "summary.md").write_text(table + "\n")
         self.write_grid()
+        write_curves(self.dir, results)
         return table
 
     def write_grid(self, max_rows: int = 48, cell: int = 128) -> Path | None:

@@ -106,11 +106,18 @@ def _score(critic: Critic, images, task: Task, ledger: Optional[BudgetLedger] = 
     return r.detach().float().cpu()
 
 
-def run_task(search, model, critic: Critic, task: Task, budget: Budget, seed: int, on_step: Callable | None = None):
-    """The ask/tell loop for one prompt. Returns (initial candidate, initial reward, best, reward, ledger)."""
+def run_task(search, model, critic: Critic, task: Task, budget: Budget, seed: int, on_step: Callable | None = None,
+             guard=None):
+    """The ask/tell loop for one prompt. Returns (initial candidate, initial reward, best, reward, ledger).
+
+    ``guard`` (a :class:`milr.diagnostics.Guard`) judges the best-so-far after every step, may stop
+    the loop, and decides the returned candidate; its calls count in the ledger.
+    """
     import torch
 
     ledger = BudgetLedger(budget, model.counter)
+    if guard is not None:
+        guard.start(lambda image: float(_score(guard.critic, image[None], task, ledger)[0]))
     device = getattr(model, "device", "cpu")
     gen = torch.Generator(device=str(device)).manual_seed(seed)
     search.setup(model, task, ledger, gen)
@@ -126,11 +133,14 @@ def run_task(search, model, critic: Critic, task: Task, budget: Budget, seed: in
             initial = (candidates[0], float(rewards[0]))
         search.tell(candidates, rewards)
         steps += 1
+        stop = guard is not None and guard.observe(steps - 1, initial[0], initial[1], *search.best())
         if on_step is not None:
             on_step(steps, candidates, rewards)
+        if stop:
+            break
     if initial is None:
         raise RuntimeError(f"search {type(search).__name__} proposed no candidate for prompt {task.prompt!r}")
-    best, reward = search.best()
+    best, reward = search.best() if guard is None else guard.returned()
     return initial, best, reward, ledger, steps
 
 
@@ -173,6 +183,12 @@ def run_recipe(
     torch.manual_seed(recipe.run.seed)
     model = build_model(recipe)
     critic, members, evals = build_critics(recipe, model, device)
+    guard = None
+    if getattr(recipe, "guard", None) is not None:
+        from milr.diagnostics import Guard
+
+        g = recipe.guard
+        guard = Guard(build_critic(g.critic, model, device, None, recipe.run.dtype), g.patience, g.tolerance, g.critic.name)
     search_cls = SEARCHES.get(recipe.search.name)
     budget = Budget(**recipe.run.budget.model_dump())
     show = sys.stderr.isatty() if progress is None else progress
@@ -183,8 +199,14 @@ def run_recipe(
         search = search_cls(**recipe.search.args)
         step_bar = tqdm(total=getattr(search, "steps", None), desc="steps", leave=False, disable=not show)
         step_images = []
+        from milr.diagnostics import StepTracer
+
+        # Held-out per-step scores for curves.png: no ledger, so they never count against the budget.
+        tracer = StepTracer(members, evals, critic, lambda c, x, task=task: _score(c, x, task).tolist())
 
         def on_step(step, candidates, rewards):
+            extra = {"guard": guard.history[-1]["guard"]} if guard is not None and guard.history else None
+            tracer.observe(step - 1, candidates, rewards, *search.best(), extra=extra)
             step_bar.update(1)
             step_bar.set_postfix(reward=f"{float(rewards.max()):.3f}")
             if recipe.run.save_steps:
@@ -192,7 +214,7 @@ def run_recipe(
                 step_images.append(record.save_image(candidates[i].image, f"steps/{task.index:05d}_{step:03d}.png"))
 
         seed = recipe.run.seed * 1_000_003 + task.seed
-        initial, best, reward, ledger, steps = run_task(search, model, critic, task, budget, seed, on_step)
+        initial, best, reward, ledger, steps = run_task(search, model, critic, task, budget, seed, on_step, guard)
         step_bar.close()
         both = __import__("torch").stack([initial[0].image, best.image])
         scores = {k: _score(c, both, task).tolist() for k, c in members.items()}
@@ -210,6 +232,8 @@ def run_recipe(
             "budget": ledger.snapshot(),
             "seconds": round(time.perf_counter() - t0, 4),
             "trace": getattr(search, "trace", []),
+            "curve": tracer.curve,
+            **({"guard": guard.record()} if guard is not None else {}),
             "images": {
                 "initial": record.save_image(initial[0].image, f"{task.index:05d}_initial.png"),
                 "final": record.save_image(best.image, f"{task.index:05d}_final.png"),

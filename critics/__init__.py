@@ -108,10 +108,25 @@ CRITICS.register_lazy(
     "ensemble",
     "milr.critics.ensemble:Ensemble",
     card=CriticCard(
-        summary="Weighted sum / min / product of critics with per-critic normalisation (affine, zscore, rank), tag gating and cascades",
+        summary="Weighted sum / min / product / lower-confidence bound of critics with per-critic normalisation "
+        "(affine, or zscore/rank from a reference set), an agreement gate, tag gating and cascades",
         score_range=(-float("inf"), float("inf")),
         cost="sum of members",
-        reference="MILR MixedReward (arXiv 2509.22761)",
+        reference="MILR MixedReward (arXiv 2509.22761); reward-model ensembles against overoptimisation "
+        "(Coste et al., arXiv 2310.02743)",
+        extra={
+            "mode": "sum: sum w_i n_i; min: min w_i n_i; product: prod n_i^w_i; lcb: weighted mean of n_i "
+            "- kappa * weighted std across members (kappa >= 0, default 1)",
+            "normalize": "per member {type: none|affine(scale, shift)|zscore|rank}; zscore/rank need "
+            "reference: a stats file from `milr calibrate` or a run folder (its recorded initial-image scores); "
+            "never fitted on the searched images",
+            "gate": "{k, margin=0, penalty=0}: per prompt, a candidate beating the incumbent (best accepted "
+            "image) keeps its score only if >= k members each score it higher by >= margin; else it gets the "
+            "incumbent's reward - penalty",
+            "gates": "{tag: {member: weight}} weight overrides per prompt tag",
+            "cascade": "{cheap: member, keep_top: k} only the k best by the cheap member reach the others",
+            "stateful": "with gate: keeps one incumbent per prompt (reset() between searches); not for a score cache",
+        },
     ),
 )
 CRITICS.register_lazy(

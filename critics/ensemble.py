@@ -1,15 +1,21 @@
-"""Ensembles of critics: weighted sum / min / product, per-member normalisation, tag gates, cascades.
+"""Ensembles of critics: weighted sum / min / product / lower-confidence bound, per-member
+normalisation from a reference set, an agreement gate, tag gates, cascades.
 
 MILR (Mi et al., arXiv 2509.22761) reports that the critic moves GenEval from 0.79 (self-reward)
 to 0.87 with a *mixed* reward (an open-vocabulary detector for objects, counts and positions plus a
-VQA model for colours, weighted per prompt type) -- this module generalises that MixedReward.
+VQA model for colours, weighted per prompt type) -- this module generalises that MixedReward. The
+rules that resist reward hacking (``lcb``, the agreement gate) live in
+:mod:`milr.critics.ensemble_rules`; the ``combine:`` schema in :mod:`milr.critics.ensemble_config`;
+reference statistics and ``milr calibrate`` in :mod:`milr.critics.normalize`.
 
 Combination (``mode``), over members ``i`` with weight ``w_i`` and normalised score ``n_i``:
 
 * ``sum``:     ``sum_i w_i * n_i``;
 * ``min``:     ``min_i w_i * n_i`` over members with ``w_i > 0`` (the weakest verdict decides);
 * ``product``: ``prod_i n_i ** w_i`` over members with ``w_i > 0`` (a weighted geometric mean when
-  the weights sum to 1); needs non-negative normalised scores.
+  the weights sum to 1); needs non-negative normalised scores;
+* ``lcb``:     ``m - kappa * s``: the ``w``-weighted mean of the ``n_i`` (``w_i > 0``) minus ``kappa``
+  (default 1) times their weighted standard deviation across members.
 
 Normalisation (``normalize``; one spec for all members, or ``{member_name: spec}``) puts scores
 of different scales on one footing before weighting:
@@ -17,17 +23,24 @@ of different scales on one footing before weighting:
 * ``"none"``;
 * ``{"type": "affine", "scale": a, "shift": b}``: ``a * s + b`` (fixed, e.g. ImageReward's
   published mean/std);
-* ``"zscore"``: ``(s - mean) / std`` of the member's scores on a reference set;
-* ``"rank"``: the empirical CDF on the reference set, ``(#ref < s + 0.5 * #ref == s) / #ref``,
-  in [0, 1] (robust to outliers and to any monotone rescaling of the member).
+* ``{"type": "zscore", "reference": R}``: ``(s - mean) / std`` of the member's scores on R;
+* ``{"type": "rank", "reference": R}``: the empirical CDF on R, ``(#ref < s + 0.5 * #ref == s) /
+  #ref``, in [0, 1] (robust to outliers and to any monotone rescaling of the member).
 
-The reference set (``reference``) for ``zscore``/``rank`` is one of: a run folder written by the
-runner (``results.jsonl``: its initial and final images with their prompts); a folder with a
-``metadata.jsonl`` of ``{"file", "prompt", "metadata"?}`` lines next to the PNGs; a GenEval
-image folder (``NNNNN/metadata.jsonl`` + ``NNNNN/samples/*.png``); a dict ``{"images": [B,3,H,W],
-"prompts": [...], "metadata": [...]}``; or ``None`` -- then statistics are fitted on the **first
-batch scored** and frozen (cheap, but a first batch of one image cannot give a spread: its std is
-taken as 1). :meth:`Ensemble.fit` fits explicitly.
+The reference ``R`` of ``zscore``/``rank`` -- a member's own ``reference``, else the ensemble-wide
+``reference`` -- is a stats file written by ``milr calibrate`` or a run folder, whose *recorded*
+scores of its initial images are used (:mod:`milr.critics.normalize`). The ensemble-wide
+``reference`` may also be an image set the members score once at construction: a run folder whose
+records lack the member, a folder with a ``metadata.jsonl`` of ``{"file", "prompt", "metadata"?}``
+lines next to the PNGs, a GenEval image folder (``NNNNN/metadata.jsonl`` + ``NNNNN/samples/*.png``),
+or a dict ``{"images": [B,3,H,W], "prompts": [...], "metadata": [...]}``. Without a reference
+``zscore``/``rank`` is an error: statistics are never fitted on the images being searched (one
+image has no spread, and the scale would follow the search's first draw).
+
+Agreement gate (``gate: {k, margin, penalty}``): a candidate whose combined score beats the
+prompt's incumbent keeps it only if ``k`` members individually prefer it; otherwise its reward is
+capped at the incumbent's (:class:`~milr.critics.ensemble_rules.AgreementGate` defines it exactly).
+The gate is stateful per prompt, so a gated ensemble must not sit behind a score cache.
 
 Gates (``gates: {tag: {member_name: weight}}``) override weights for prompts whose metadata tag is
 ``tag`` (e.g. weight a colour-aware member more on ``colors`` and ``color_attr`` prompts).
@@ -39,7 +52,8 @@ prompt, so a filtered image never outranks a kept one under ``sum``/``min``/``pr
 non-negative weights. Filtered rows are NaN in ``last_raw`` and ``False`` in ``last_scored``.
 
 After each call ``last_components`` holds the normalised, unweighted score of every member
-(``Tensor[B]`` by name), ``last_raw`` the raw scores, ``last_weights`` the per-row weights.
+(``Tensor[B]`` by name), ``last_raw`` the raw scores, ``last_weights`` the per-row weights and, with
+a gate, ``last_accepted`` which rows kept their own combined score.
 """
 
 from __future__ import annotations
@@ -53,37 +67,31 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 
+from milr.critics.ensemble_config import MODES, NEEDS_REFERENCE, NORMALIZERS, validate_combine
+from milr.critics.ensemble_rules import AgreementGate, lower_confidence_bound
+from milr.critics.normalize import (CriticStats, is_score_reference, read_run_scores, reference_stats,
+                                   resolve_reference_path)
 from milr.interfaces import Critic
 from milr.registry import CRITICS
 
-VERSION = "1"
-MODES = ("sum", "min", "product")
-NORMALIZERS = ("none", "affine", "zscore", "rank")
+VERSION = "2"  # 2: lcb, agreement gate, reference statistics from recorded scores
 _STD_FLOOR = 1e-8
+__all__ = ["Ensemble", "load_reference", "MODES", "NORMALIZERS"]
 
 
-def _normalizer_spec(spec: Any, where: str) -> dict:
+def _normalizer_spec(spec: Any) -> dict:
+    """A validated normalisation spec as a dict with its defaults filled in."""
     if spec is None:
         return {"type": "none"}
     if isinstance(spec, str):
-        if spec == "affine":
-            raise ValueError(f"{where}: affine normalisation needs {{type: affine, scale: ..., shift: ...}}")
-        if spec not in NORMALIZERS:
-            raise ValueError(f"{where}: unknown normalisation {spec!r}; allowed: {', '.join(NORMALIZERS)}")
         return {"type": spec}
-    if isinstance(spec, Mapping) and "type" in spec:
-        t = spec["type"]
-        if t not in NORMALIZERS:
-            raise ValueError(f"{where}: unknown normalisation {t!r}; allowed: {', '.join(NORMALIZERS)}")
-        extra = set(spec) - ({"type", "scale", "shift"} if t == "affine" else {"type"})
-        if extra:
-            raise ValueError(f"{where}: unexpected keys {sorted(extra)} for {t} normalisation")
-        if t == "affine":
-            return {"type": "affine", "scale": float(spec.get("scale", 1.0)), "shift": float(spec.get("shift", 0.0))}
-        return {"type": t}
-    raise ValueError(
-        f"{where}: a normalisation is 'none', 'zscore', 'rank' or {{type: affine, scale, shift}}, got {spec!r}"
-    )
+    t = spec["type"]
+    if t == "affine":
+        return {"type": "affine", "scale": float(spec.get("scale", 1.0)), "shift": float(spec.get("shift", 0.0))}
+    out = {"type": t}
+    if t in NEEDS_REFERENCE and spec.get("reference") is not None:
+        out["reference"] = str(spec["reference"])
+    return out
 
 
 def load_reference(reference: Any) -> tuple[torch.Tensor, list[str], list[dict]]:
@@ -104,17 +112,8 @@ def load_reference(reference: Any) -> tuple[torch.Tensor, list[str], list[dict]]
         raise FileNotFoundError(f"reference folder {root} does not exist")
     items: list[tuple[Path, str, dict]] = []
     if (root / "results.jsonl").is_file():  # a run folder of the runner
-        for line in (root / "results.jsonl").read_text().splitlines():
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line of a killed run
-            for which in ("initial", "final"):
-                rel = rec.get("images", {}).get(which)
-                if rel:
-                    items.append((root / rel, rec["prompt"], rec.get("metadata") or {}))
+        for rec in read_run_scores(root):
+            items += [(root / rec.images[w], rec.prompt, rec.metadata) for w in ("initial", "final") if w in rec.images]
     elif (root / "metadata.jsonl").is_file():
         for n, line in enumerate((root / "metadata.jsonl").read_text().splitlines(), 1):
             if not line.strip():
@@ -169,14 +168,13 @@ class Ensemble(Critic):
         reference: Any = None,
         gates: Optional[Mapping[str, Mapping[str, float]]] = None,
         cascade: Optional[Mapping[str, Any]] = None,
+        gate: Optional[Mapping[str, Any]] = None,
+        kappa: Optional[float] = None,
         model: Any = None,
         device: Optional[str] = None,
     ):
         if not members:
             raise ValueError("ensemble needs at least one member")
-        if mode not in MODES:
-            raise ValueError(f"ensemble mode must be one of {MODES}, got {mode!r}")
-        self.mode = mode
         critics: list[Critic] = []
         spec_weights: list[float] = []
         spec_names: list[Optional[str]] = []
@@ -201,74 +199,105 @@ class Ensemble(Critic):
             raise ValueError(f"ensemble: {len(names)} names for {n} members")
         self.critics = critics
         self.weights = [float(w) for w in (weights if weights is not None else spec_weights)]
-        if any(w < 0 for w in self.weights) and mode != "sum":
-            raise ValueError(f"ensemble: negative weights are only meaningful with mode 'sum', got {self.weights}")
         chosen: list[str] = []
         for i, c in enumerate(critics):
             base = (names[i] if names is not None else None) or spec_names[i] or c.name
             chosen.append(base if base not in chosen else f"{base}#{i}")
         self.names = chosen
 
-        # Normalisers: ensemble-wide spec, per-name mapping, or per-member spec.
-        per_name: dict[str, Any] = {}
-        default: Any = "none"
-        if isinstance(normalize, Mapping) and "type" not in normalize:
-            unknown = set(normalize) - set(self.names)
-            if unknown:
-                raise ValueError(f"ensemble normalize: unknown members {sorted(unknown)}; members: {self.names}")
-            per_name = dict(normalize)
-        else:
-            default = normalize
-        self.normalizers = [
-            _normalizer_spec(spec_norms[i] if spec_norms[i] is not None else per_name.get(nm, default),
-                             f"ensemble member {nm!r} normalize")
-            for i, nm in enumerate(self.names)
-        ]
-        if mode == "product" and any(s["type"] == "zscore" for s in self.normalizers):
-            raise ValueError("ensemble mode 'product' needs non-negative scores; z-scores are signed (use 'rank')")
+        # Member specs' own `normalize` entries join the per-name mapping, so one check covers all.
+        if any(x is not None for x in spec_norms):
+            shared = normalize if not (isinstance(normalize, Mapping) and "type" not in normalize) else None
+            per = dict(normalize) if shared is None and isinstance(normalize, Mapping) else {}
+            for nm, own in zip(self.names, spec_norms):
+                if own is not None:
+                    per[nm] = own
+                elif shared is not None:
+                    per[nm] = shared
+            normalize = per
+        combine = {"mode": mode, "normalize": normalize, "reference": reference, "gates": gates,
+                   "cascade": cascade, "gate": gate, "kappa": kappa}
+        combine = {k: (dict(v) if isinstance(v, Mapping) and k != "reference" else v)
+                   for k, v in combine.items() if v is not None}
+        problems = validate_combine(combine, self.names, weights=self.weights, prefix="ensemble")
+        if problems:
+            raise ValueError("; ".join(f"{path}: {problem}" for path, problem in problems))
+        normalize, reference = combine.get("normalize", "none"), combine.get("reference")
+        self.mode = mode
+        self.kappa = 1.0 if kappa is None else float(kappa)
+        per_name = dict(normalize) if isinstance(normalize, Mapping) and "type" not in normalize else {}
+        default = "none" if per_name else normalize
+        self.normalizers = [_normalizer_spec(per_name.get(nm, default)) for nm in self.names]
 
-        self.gates: dict[str, list[float]] = {}
-        for tag, overrides in (gates or {}).items():
-            if not isinstance(overrides, Mapping):
-                raise ValueError(f"ensemble gates[{tag!r}]: expected {{member_name: weight}}, got {overrides!r}")
-            unknown = set(overrides) - set(self.names)
-            if unknown:
-                raise ValueError(f"ensemble gates[{tag!r}]: unknown members {sorted(unknown)}; members: {self.names}")
-            self.gates[tag] = [float(overrides.get(nm, w)) for nm, w in zip(self.names, self.weights)]
-        if mode != "sum":
-            for label, ws in [("weights", self.weights)] + [(f"gates[{t!r}]", g) for t, g in self.gates.items()]:
-                if not any(w > 0 for w in ws):
-                    raise ValueError(f"ensemble mode {mode!r}: {label} give no member a positive weight ({ws})")
-
+        self.gates: dict[str, list[float]] = {
+            tag: [float(overrides.get(nm, w)) for nm, w in zip(self.names, self.weights)]
+            for tag, overrides in (gates or {}).items()
+        }
         self.cascade: Optional[tuple[int, int]] = None
         if cascade:
-            extra = set(cascade) - {"cheap", "keep_top"}
-            if extra or "cheap" not in cascade or "keep_top" not in cascade:
-                raise ValueError(f"ensemble cascade needs exactly {{cheap: member_name, keep_top: k}}, got {dict(cascade)}")
-            if cascade["cheap"] not in self.names:
-                raise ValueError(f"ensemble cascade: cheap member {cascade['cheap']!r} is not one of {self.names}")
-            k = int(cascade["keep_top"])
-            if k < 1:
-                raise ValueError(f"ensemble cascade: keep_top must be >= 1, got {k}")
-            self.cascade = (self.names.index(cascade["cheap"]), k)
+            self.cascade = (self.names.index(cascade["cheap"]), int(cascade["keep_top"]))
+        self.gate = AgreementGate(**gate) if gate else None
 
         self.stats: list[Optional[tuple[Any, ...]]] = [None] * n
-        self._fit_pending = any(s["type"] in ("zscore", "rank") for s in self.normalizers)
-        if self._fit_pending and reference is not None:
-            self.fit(*load_reference(reference))
-        elif self._fit_pending:
-            warnings.warn(
-                "ensemble: zscore/rank normalisation without a reference set; statistics will be fitted on the "
-                "first batch scored", stacklevel=2,
-            )
+        self._load_stats(reference)
         self.init_args = {
             "names": self.names, "weights": self.weights, "mode": mode, "normalizers": self.normalizers,
             "gates": {k: v for k, v in sorted(self.gates.items())}, "cascade": cascade and dict(cascade),
         }
+        if mode == "lcb":
+            self.init_args["kappa"] = self.kappa
+        if gate:
+            self.init_args["gate"] = {"k": self.gate.k, "margin": self.gate.margin, "penalty": self.gate.penalty}
         self.last_components: dict[str, torch.Tensor] = {}
         self.last_raw: dict[str, torch.Tensor] = {}
         self.last_weights: Optional[torch.Tensor] = None
         self.last_scored: dict[str, torch.Tensor] = {}
+        self.last_accepted: Optional[torch.Tensor] = None
+
+    def _load_stats(self, reference: Any) -> None:
+        """Statistics of every zscore/rank member: recorded scores or a stats file, else an image set."""
+        to_score: list[int] = []
+        for i, spec in enumerate(self.normalizers):
+            if spec["type"] not in NEEDS_REFERENCE:
+                continue
+            ref = spec.get("reference", reference)
+            path = resolve_reference_path(ref) if isinstance(ref, (str, Path)) else None
+            if path is not None and (spec.get("reference") is not None or path.is_file()
+                                     or self._records(path, self.names[i])):
+                self._set_stats(i, reference_stats(path, self.names[i]))
+            else:
+                to_score.append(i)
+        if to_score:  # the ensemble-wide reference is an image set: those members score it once
+            images, prompts, md = load_reference(reference)
+            for i in to_score:
+                self._fit_member(i, self.critics[i].score(images, prompts, md).detach().float().cpu())
+
+    @staticmethod
+    def _records(path: Path, member: str) -> bool:
+        if not is_score_reference(path):
+            return False
+        try:
+            reference_stats(path, member)
+            return True
+        except ValueError:
+            return False
+
+    def _set_stats(self, i: int, st: CriticStats) -> None:
+        if self.normalizers[i]["type"] == "zscore":
+            std = st.std
+            if std < _STD_FLOOR:
+                warnings.warn(f"ensemble: member {self.names[i]!r} has no spread on the reference set; using std 1")
+                std = 1.0
+            self.stats[i] = (st.mean, std)
+        else:
+            if not st.values:
+                raise ValueError(f"ensemble: rank normalisation of {self.names[i]!r} needs the reference's scores, not just moments")
+            self.stats[i] = (torch.tensor(st.values, dtype=torch.float32),)
+
+    def reset(self) -> None:
+        """Forget the agreement gate's incumbents (call between two searches on the same prompt)."""
+        if self.gate is not None:
+            self.gate.reset()
 
     # -- construction ----------------------------------------------------------------------------
     @staticmethod
@@ -289,26 +318,17 @@ class Ensemble(Critic):
 
     # -- normalisation -----------------------------------------------------------------------
     def fit(self, images: torch.Tensor, prompts: list[str], metadata: Optional[list[dict]] = None) -> None:
-        """Fit zscore/rank statistics of every member that needs them on a reference set."""
+        """Refit zscore/rank statistics of every member that needs them on another reference set."""
         md = metadata if metadata is not None else [{} for _ in prompts]
         for i, spec in enumerate(self.normalizers):
-            if spec["type"] in ("zscore", "rank"):
-                raw = self.critics[i].score(images, prompts, md).detach().float().cpu()
-                self._fit_member(i, raw)
-        self._fit_pending = False
+            if spec["type"] in NEEDS_REFERENCE:
+                self._fit_member(i, self.critics[i].score(images, prompts, md).detach().float().cpu())
 
     def _fit_member(self, i: int, raw: torch.Tensor) -> None:
         raw = raw[~torch.isnan(raw)]
         if raw.numel() == 0:
             raise ValueError(f"ensemble: no reference scores to fit member {self.names[i]!r}")
-        if self.normalizers[i]["type"] == "zscore":
-            std = float(raw.std(unbiased=False)) if raw.numel() > 1 else 0.0
-            if std < _STD_FLOOR:
-                warnings.warn(f"ensemble: member {self.names[i]!r} has no spread on the reference set; using std 1")
-                std = 1.0
-            self.stats[i] = (float(raw.mean()), std)
-        else:
-            self.stats[i] = (torch.sort(raw).values,)
+        self._set_stats(i, CriticStats.from_scores(raw.tolist()))
 
     def _normalize(self, i: int, raw: torch.Tensor) -> torch.Tensor:
         spec = self.normalizers[i]
@@ -357,14 +377,6 @@ class Ensemble(Critic):
                     raw[i, idx] = c.score(images[idx.to(images.device)], sub_prompts, sub_md).detach().float().cpu()
                     scored[i, idx] = True
 
-        if self._fit_pending:  # no reference set: fit on this first batch
-            for i, spec in enumerate(self.normalizers):
-                if spec["type"] in ("zscore", "rank"):
-                    if int(scored[i].sum()) < 2:
-                        warnings.warn(f"ensemble: fitting {self.names[i]!r} on a first batch of one image")
-                    self._fit_member(i, raw[i][scored[i]])
-            self._fit_pending = False
-
         norm = torch.stack([self._normalize(i, raw[i]) for i in range(M)])  # NaN where not scored
         if self.cascade is not None:  # unscored rows: the lowest kept score of their prompt
             for group in self._groups(prompts):
@@ -382,6 +394,8 @@ class Ensemble(Critic):
         elif self.mode == "min":
             weighted = torch.where(active, w * norm.T, torch.full_like(w, float("inf")))
             total = weighted.min(dim=1).values
+        elif self.mode == "lcb":
+            total = lower_confidence_bound(norm, w, self.kappa)
         else:
             if (norm.T[active] < 0).any():
                 bad = [self.names[i] for i in range(M) if (norm[i][active[:, i]] < 0).any()]
@@ -394,6 +408,10 @@ class Ensemble(Critic):
         self.last_components = {nm: norm[i].clone() for i, nm in enumerate(self.names)}
         self.last_scored = {nm: scored[i].clone() for i, nm in enumerate(self.names)}
         self.last_weights = w
+        if self.gate is not None:
+            keys = [AgreementGate.key(p, m) for p, m in zip(prompts, md)]
+            total = self.gate.apply(keys, norm, w, total)
+            self.last_accepted = self.gate.last_accepted
         return total.to(images.device)
 
     @staticmethod

@@ -7,6 +7,7 @@
     milr train minimug CONFIG [--out DIR]
     milr train-critic RECIPE [key.path=value ...]
     milr train-detector RECIPE [key.path=value ...]
+    milr calibrate RECIPE [key.path=value ...] --out STATS.json
 
 RECIPE is a YAML path or the name of a shipped recipe (``quickstart``). Heavy imports happen
 inside the commands so ``milr list`` answers without loading torch.
@@ -118,6 +119,16 @@ def _cmd_train_detector(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from milr.critics.normalize import calibrate
+
+    out, stats = calibrate(args.recipe, args.out, args.overrides, log=lambda s: print(s, file=sys.stderr))
+    for name, st in sorted(stats.items()):
+        print(f"{name}: n={st.n} mean={st.mean:.6g} std={st.std:.6g}", file=sys.stderr)
+    print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="milr", description="Test-time latent reasoning for image generation (MILR).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -161,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     td.add_argument("recipe", help="training recipe, e.g. train-world-detector")
     td.add_argument("overrides", nargs="*")
     td.set_defaults(fn=_cmd_train_detector)
+
+    cal = sub.add_parser("calibrate", help="generate each prompt's image once and write per-critic score statistics "
+                         "(the reference of zscore/rank normalisation)")
+    cal.add_argument("recipe")
+    cal.add_argument("overrides", nargs="*")
+    cal.add_argument("--out", required=True, help="stats file to write (.json, or .yaml)")
+    cal.set_defaults(fn=_cmd_calibrate)
     return p
 
 

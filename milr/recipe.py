@@ -423,6 +423,14 @@ def check_recipe_components(recipe: Recipe) -> None:
                 errors.append(RecipeError(file, "guard.critic", f"the guard must be held out, but it is search critic "
                                           f"critics.{i} ({c.name}); pick a critic the search does not see"))
     errors += validate_component_args(SEARCHES, recipe.search, "search", file)
+    if recipe.combine is not None:  # the ensemble's options (milr.critics.ensemble_config), named as the runner names members
+        from milr.critics.ensemble_config import validate_combine
+
+        names: list[str] = []
+        for i, c in enumerate(recipe.critics):
+            names.append(c.name if c.name not in names else f"{c.name}#{i}")
+        errors += [RecipeError(file, path, problem) for path, problem in validate_combine(
+            recipe.combine, names, Path(file).parent if file else None, [c.weight for c in recipe.critics])]
     p = recipe.prompts
     if p.suite is not None and p.suite not in SUITES:
         try:

@@ -92,16 +92,12 @@ def test_affine_and_per_member_normalisation():
         Ensemble([a], normalize="minmax")
 
 
-def test_first_batch_fit_is_documented_and_frozen():
-    c = ChannelCritic(0)
-    with pytest.warns(UserWarning, match="first batch"):
-        ens = Ensemble([c], normalize="zscore")
-    first = rand_images(16, seed=2)
-    out = ens.score(first, ["p"] * 16)
-    assert out.mean().abs() < 1e-5 and out.std(unbiased=False) == pytest.approx(1.0, abs=1e-4)
-    stats = ens.stats[0]
-    ens.score(rand_images(16, seed=9), ["p"] * 16)
-    assert ens.stats[0] == stats  # frozen after the first batch
+def test_zscore_without_reference_is_an_error_not_a_first_batch_fit():
+    """Issue 11: statistics come from a reference set, never from the first images scored."""
+    with pytest.raises(ValueError, match="needs a reference"):
+        Ensemble([ChannelCritic(0)], normalize="zscore")
+    with pytest.raises(ValueError, match="needs a reference"):
+        Ensemble([ChannelCritic(0), ChannelCritic(1)], names=["a", "b"], normalize={"b": "rank"})
 
 
 def test_reference_folders(tmp_path):

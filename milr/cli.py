@@ -7,6 +7,7 @@
     milr train minimug CONFIG [--out DIR]
     milr train-critic RECIPE [key.path=value ...]
     milr train-detector RECIPE [key.path=value ...]
+    milr agree RUN_DIR|RECIPE [key.path=value ...] --out DIR [--critics YAML] [--reference CRITIC]
     milr calibrate RECIPE [key.path=value ...] --out STATS.json
 
 RECIPE is a YAML path or the name of a shipped recipe (``quickstart``). Heavy imports happen
@@ -129,6 +130,23 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_agree(args: argparse.Namespace) -> int:
+    from milr.agreement import AgreementError, agree, format_report
+
+    try:
+        out = agree(args.source, args.out, critics=args.critics, reference=args.reference,
+                    reference_threshold=args.reference_threshold, thresholds=args.threshold or (), n=args.n,
+                    overrides=args.overrides, log=lambda s: print(s, file=sys.stderr))
+    except AgreementError as e:
+        print(f"milr: agree error: {e}", file=sys.stderr)
+        return 2
+    import json
+
+    print(format_report(json.loads((out / "agreement.json").read_text())))
+    print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="milr", description="Test-time latent reasoning for image generation (MILR).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -179,6 +197,19 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("overrides", nargs="*")
     cal.add_argument("--out", required=True, help="stats file to write (.json, or .yaml)")
     cal.set_defaults(fn=_cmd_calibrate)
+
+    ag = sub.add_parser("agree", help="score one set of images with several critics; agreement with a reference critic")
+    ag.add_argument("source", help="a run folder (its initial and final images) or a recipe whose model generates images")
+    ag.add_argument("overrides", nargs="*", help="dotted overrides of the recipe (not for a run folder)")
+    ag.add_argument("--out", required=True, help="output folder for agreement.md, agreement.json, agreement.png")
+    ag.add_argument("--critics", default=None, help="extra critics as a YAML list, e.g. '[{name: world_clip}, world_pref]'")
+    ag.add_argument("--reference", default=None,
+                    help="reference critic, a name or YAML spec (default: world_oracle for minimug-world prompts)")
+    ag.add_argument("--reference-threshold", type=float, default=0.5, help="the reference passes at score >= this")
+    ag.add_argument("--threshold", action="append", metavar="CRITIC=VALUE",
+                    help="a fixed pass threshold for a critic (default: fitted to maximise agreement)")
+    ag.add_argument("--n", type=int, default=1, help="images per prompt when generating from a recipe")
+    ag.set_defaults(fn=_cmd_agree)
     return p
 
 

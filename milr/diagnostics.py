@@ -287,6 +287,15 @@ def write_curves(run_dir: str | Path, results: list[dict]) -> Optional[Path]:
     # One member and no normalisation: its raw score is the reward itself; draw it once.
     single = len(members) == 1 and not use_norm
     handles: dict[str, Any] = {}
+    # One right-axis range for every panel (a [0, 1] critic keeps [0, 1]), so panels compare.
+    ev = [v for tag in tags for k, vs in means[tag].items() if k.startswith("eval:") for v in vs if v is not None]
+    ev_lim = None
+    if ev:
+        lo, hi = min(ev), max(ev)
+        if lo >= 0 and hi <= 1:
+            lo, hi = 0.0, 1.0
+        pad = 0.05 * ((hi - lo) or 1.0)
+        ev_lim = (lo - pad, hi + pad)
     for ax, tag in zip(axes.flat, tags):
         data = means[tag]
         x = list(range(len(data["reward"])))
@@ -302,6 +311,7 @@ def write_curves(run_dir: str | Path, results: list[dict]) -> Optional[Path]:
             for k in evals:
                 (h,) = ax2.plot(x, data[k], color=colour_of[k], lw=2.0, ls="--", marker="s", ms=3)
                 handles.setdefault(f"held out: {k[5:]} (raw, right axis)", h)
+            ax2.set_ylim(*ev_lim)
             ax2.set_ylabel("held-out critic", fontsize=8)
             ax2.tick_params(labelsize=8)
         ax.set_title(f"{tag} (n={counts[tag]})", fontsize=10)

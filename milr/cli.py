@@ -5,7 +5,7 @@
     milr list [critics|searches|models|suites]
     milr compare RECIPE --searches reinforce,best_of_n,cma_es [key.path=value ...]
     milr train minimug CONFIG [--out DIR]
-    milr train-critic RECIPE [key.path=value ...]
+    milr train-critic RECIPE [key.path=value ...] [--resume]
     milr train-detector RECIPE [key.path=value ...]
     milr agree RUN_DIR|RECIPE [key.path=value ...] --out DIR [--critics YAML] [--reference CRITIC]
     milr calibrate RECIPE [key.path=value ...] --out STATS.json
@@ -104,9 +104,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_critic(args: argparse.Namespace) -> int:
-    from milr.train_critic import train_critic
+    from milr.training.critic import train_critic
 
-    out = train_critic(args.recipe, args.overrides)
+    out = train_critic(args.recipe, args.overrides, resume=args.resume)
     print(out)
     return 0
 
@@ -184,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     tc = sub.add_parser("train-critic", help="train a custom critic with Lightning")
     tc.add_argument("recipe")
     tc.add_argument("overrides", nargs="*")
+    tc.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/last.ckpt (raise train.epochs to train longer)")
     tc.set_defaults(fn=_cmd_train_critic)
 
     td = sub.add_parser("train-detector", help="train a YOLO world detector with ultralytics")

@@ -371,3 +371,65 @@ def test_shipped_world_critics_load(name):
     assert "figures" in info["card"]["extra"], "run benchmarks/world_critics.py --write-cards"
     s = critic.score(_images(2), ["a photo of a red circle"] * 2)
     assert s.shape == (2,) and torch.isfinite(s).all()
+
+
+def _csv_rows(folder):
+    import csv
+
+    rows = []
+    for f in sorted(folder.rglob("metrics.csv")):
+        rows += [dict(r, _file=str(f)) for r in csv.DictReader(f.open())]
+    return rows
+
+
+def test_resume_continues_from_the_saved_step(tmp_path):
+    data = write_pairwise(tmp_path / "data", 24, "train", seed=12)
+    recipe = {"task": "pairwise", "output": str(tmp_path / "r"), "data": {"train": str(data)}, "model": TINY_MODEL,
+              "train": dict(TINY_TRAIN, epochs=1, patience=0)}
+    out = train_critic(recipe)
+    first = _csv_rows(out / "logs")
+    steps_1 = [int(r["step"]) for r in first if r.get("train_loss")]
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    out = train_critic(recipe, ["train.epochs=3"], resume=True)
+    info = json.loads((out / "critic.json").read_text())["card"]["extra"]["training"]
+    assert info["resumed"] is True
+    # The history travels in the checkpoint: epoch 0 from the first run, epochs 1-2 from the second.
+    assert [h["epoch"] for h in info["history"]] == [0, 1, 2]
+    per_epoch = info["history"][0]["step"]
+    assert [h["step"] for h in info["history"]] == [per_epoch, 2 * per_epoch, 3 * per_epoch]
+    second = [r for r in _csv_rows(out / "logs") if r["_file"] != first[0]["_file"] and r.get("train_loss")]
+    assert second and min(int(r["step"]) for r in second) > max(steps_1)  # the curve continues, it does not restart
+    from milr.errors import UserError
+
+    with pytest.raises(UserError, match="nothing to resume"):
+        train_critic(dict(recipe, output=str(tmp_path / "fresh")), resume=True)
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_loggers_not_installed_are_a_clear_error(tmp_path):
+    import importlib.util
+
+    from milr.recipe import RecipeError
+
+    for name, module in (("wandb", "wandb"), ("mlflow", "mlflow")):
+        if importlib.util.find_spec(module):
+            continue
+        with pytest.raises(RecipeError, match=rf"train.logger: '{name}' needs the {name} package, which is not installed"):
+            train_critic({"task": "pairwise", "output": str(tmp_path / "o"), "data": {"train": "nowhere.jsonl"},
+                          "train": {"logger": ["csv", name]}})
+    assert not (tmp_path / "o").exists()  # checked before anything is written
+
+
+def test_cli_config_errors_are_one_line_with_did_you_mean(tmp_path, capsys):
+    from milr.cli import main
+
+    rec = tmp_path / "r.yaml"
+    rec.write_text(yaml.safe_dump({"task": "pairwise", "output": str(tmp_path / "o"), "data": {"train": "x.jsonl"}}))
+    for override, expect in (("train.epochz=1", "'train.epochz' (did you mean 'train.epochs'?)"),
+                             ("train.epochs=ten", "train.epochs: expected"),
+                             ("train.precision=16-mixd", "did you mean '16-mixed'?"),
+                             ("task=pairwize", "did you mean 'pairwise'?")):
+        assert main(["train-critic", str(rec), override]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("milr: recipe error:") and expect in err[0], err
+    assert not (tmp_path / "o").exists()

@@ -18,7 +18,8 @@ import torch
 
 from milr.training.card import DEPLOY_FILES, clean_cfg, export, write_card_files
 from milr.training.config import load_train_recipe
-from milr.training.module import check_loggers
+from milr.errors import UserError
+from milr.training.module import check_loggers, last_checkpoint
 
 log = logging.getLogger("milr.training")
 
@@ -61,6 +62,8 @@ def train_critic(recipe: Union[str, Path, dict], overrides: Union[Sequence[str],
     cfg = load_train_recipe(recipe, overrides)
     check_loggers(cfg["train"]["logger"], cfg["_source"])
     out = Path(cfg["output"])  # relative to the working directory, like a run's output_dir
+    if resume and not last_checkpoint(out).is_file():
+        raise UserError(f"--resume: {last_checkpoint(out)} does not exist (nothing to resume in {out}); train without --resume first")
     out.mkdir(parents=True, exist_ok=True)
     if cfg["train"]["threads"]:
         torch.set_num_threads(int(cfg["train"]["threads"]))

@@ -279,11 +279,7 @@ def fit(cfg: dict, data: Any, module: CriticModule, out: Path, monitor: str, res
 
     t = cfg["train"]
     has_val = bool(data.val_rows)
-    ckpt_path = None
-    if resume:
-        ckpt_path = last_checkpoint(out)
-        if not ckpt_path.is_file():
-            raise UserError(f"--resume: {ckpt_path} does not exist (nothing to resume in {out}); train without --resume first")
+    ckpt_path = last_checkpoint(out) if resume else None  # train_critic checked that it exists
     ckpt = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor=monitor if has_val else None,
                            mode=_mode(monitor), save_top_k=1, save_last=True, enable_version_counter=False)
     callbacks: list = [ckpt]

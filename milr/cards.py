@@ -106,6 +106,16 @@ class SuiteCard:
     size: str = ""
     license: str = ""
     reference: str = ""
+    # The benchmark protocol the suite's prompts come from (a name in milr.benchmarks.BENCHMARKS),
+    # and what the oracle rule (milr.benchmarks.oracle) reads: which critic names are the
+    # benchmark's own scorer, per category ("*" = every category); critics that only imitate it
+    # (labelled, never flagged); and metadata fields that hold the answer (privileged).
+    benchmark: str = ""
+    scorers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    proxies: dict[str, str] = field(default_factory=dict)
+    privileged: tuple[str, ...] = ()
+    images_per_prompt: int = 1  # the benchmark protocol's number of images per prompt
+    note: str = ""  # e.g. what is missing to score it
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -103,18 +103,24 @@ def parse_search_specs(specs: Union[str, Sequence[Union[str, dict]]]) -> list[di
 # ---------------------------------------------------------------------------------------------
 # Statistics
 # ---------------------------------------------------------------------------------------------
-def _mean_of_tag_means(values, tags) -> float:
+def _mean_of_tag_means(values, tags, weights: Optional[dict] = None) -> float:
     import numpy as np
 
     values, tags = np.asarray(values, dtype=float), np.asarray(tags)
-    return float(np.mean([values[tags == t].mean() for t in np.unique(tags)]))
+    present = np.unique(tags)
+    means = np.array([values[tags == t].mean() for t in present])
+    if weights is None:
+        return float(np.mean(means))
+    # a benchmark's fixed category weights (WISE), renormalised over the categories present
+    w = np.array([weights[str(t)] for t in present], dtype=float)
+    return float((w * means).sum() / w.sum())
 
 
 def bootstrap_interval(values: Sequence[float], tags: Optional[Sequence[str]] = None, confidence: float = 0.95,
-                       n_resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """(estimate, low, high): the mean (or, with ``tags``, the mean of tag means) and its
-    percentile-bootstrap interval over prompts. A constant sample has a zero-width interval;
-    a single value has none (NaN)."""
+                       n_resamples: int = 2000, seed: int = 0, weights: Optional[dict] = None) -> tuple[float, float, float]:
+    """(estimate, low, high): the mean (or, with ``tags``, the mean of tag means, weighted by
+    ``weights[tag]`` when given) and its percentile-bootstrap interval over prompts. A constant
+    sample has a zero-width interval; a single value has none (NaN)."""
     import numpy as np
     from scipy.stats import bootstrap
 
@@ -128,9 +134,9 @@ def bootstrap_interval(values: Sequence[float], tags: Optional[Sequence[str]] = 
         kw: dict[str, Any] = {"vectorized": True}
     else:
         t = np.asarray(tags)
-        est = _mean_of_tag_means(v, t)
+        est = _mean_of_tag_means(v, t, weights)
         data = (v, t)
-        stat = _mean_of_tag_means  # noqa: E731
+        stat = lambda x, tt: _mean_of_tag_means(x, tt, weights)  # noqa: E731
         kw = {"vectorized": False, "paired": True}
     if v.size < 2:
         return (est, math.nan, math.nan)
@@ -202,6 +208,7 @@ def summarize_runs(runs: dict[str, Union[str, Path]], metric: Optional[str] = No
         return out
 
     rows["base"] = row(first, "initial")
+    rows["base"]["oracle"] = "no"  # the ordinary generation: no critic has acted on it
     base_tokens = []
     for r in first:
         tr = r.get("trace") or []
@@ -213,6 +220,8 @@ def summarize_runs(runs: dict[str, Union[str, Path]], metric: Optional[str] = No
         if ids != {r["id"] for r in first}:
             print(f"milr compare: warning: run {label!r} covers different prompts than the first run", file=sys.stderr)
         rows[label] = row(res, "final")
+        verdict = RunRecord(runs[label]).oracle()  # milr.benchmarks.oracle, recorded in the manifest
+        rows[label]["oracle"], rows[label]["oracle_reasons"] = verdict.label(), list(verdict.reasons)
     max_tok = max((r["budget"].get("generator_tokens", 0) for res in loaded.values() for r in res), default=0)
     import numpy as np
 
@@ -235,7 +244,7 @@ def format_table(table: dict) -> str:
     """Markdown: one row per strategy, one column per category plus overall and compute."""
     tags = table["tags"]
     pct = int(round(table["confidence"] * 100))
-    head = ["strategy", *tags, "overall", "gen. tokens / prompt", "critic calls / prompt"]
+    head = ["strategy", "oracle", *tags, "overall", "gen. tokens / prompt", "critic calls / prompt"]
     lines = [
         f"Metric: `{table['metric']}` (mean, {pct}% bootstrap interval over prompts; overall = mean of category means).",
         "",
@@ -245,7 +254,7 @@ def format_table(table: dict) -> str:
     for label, row in table["rows"].items():
         tok = row.get("generator_tokens")
         calls = row.get("critic_calls")
-        cells = [label, *(_fmt(row["by_tag"].get(t)) for t in tags), _fmt(row["overall"]),
+        cells = [label, row.get("oracle", "unknown"), *(_fmt(row["by_tag"].get(t)) for t in tags), _fmt(row["overall"]),
                  "" if tok is None else f"{tok:.0f}", "" if calls is None else f"{calls:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -295,7 +304,9 @@ def plot_table(table: dict, path: Union[str, Path]) -> Path:
 def write_outputs(table: dict, output_dir: Union[str, Path]) -> Path:
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(json.dumps(table, indent=2))
+    from milr.records import strict_json
+
+    (out / "compare.json").write_text(json.dumps(strict_json(table), indent=2, allow_nan=False))
     (out / "compare.md").write_text(format_table(table) + "\n")
     plot_table(table, out / "compare.png")
     return out

@@ -154,6 +154,12 @@ class TrainedCritic(Critic):
             self.task, self.info.get("loss"), float(self.info.get("target_mean", 0.0)), float(self.info.get("target_std", 1.0))
         )
 
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> "TrainedCritic":
+        """Load a checkpoint folder written by ``milr train-critic`` (or a shipped name), as Hugging Face's
+        ``from_pretrained``; ``kwargs``: ``device``, ``batch_size``, ``requires_grad``."""
+        return cls(str(path), **kwargs)
+
     # -- scoring -------------------------------------------------------------------------------
     def _score(self, images: "torch.Tensor", prompts: list[str]) -> "torch.Tensor":
         import torch

@@ -72,6 +72,15 @@ class Critic(ABC):
     def name(self) -> str:
         return self.registry_name or type(self).__name__
 
+    def score_images(self, images: Any, prompts: "str | list[str]", metadata: "list[dict] | None" = None) -> "torch.Tensor":
+        """:meth:`score` for what users hold: a tensor, PIL image(s), file path(s) or a folder, and one
+        prompt or one per image (see :func:`milr.image_inputs.image_batch`)."""
+        from milr.image_inputs import image_batch, prompt_list
+
+        x = image_batch(images)
+        texts = prompt_list(prompts, x.shape[0])
+        return self.score(x, texts, metadata if metadata is not None else [{} for _ in texts])
+
 
 # ---------------------------------------------------------------------------------------------
 # Budget

@@ -87,7 +87,10 @@ class ComponentSpec(BaseModel):
 
 
 class CriticSpec(ComponentSpec):
+    model_config = ConfigDict(serialize_by_alias=True)
     weight: float = 1.0
+    # ``as: my-label``: the critic's name in results and ensembles (several trained critics in one recipe)
+    label: Optional[str] = Field(default=None, alias="as", pattern=r"^[\w][\w.\-]{0,99}$")
 
 
 class PromptsSpec(_Strict):

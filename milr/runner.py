@@ -65,6 +65,24 @@ def build_critic(spec, model, device: str, cache=None, dtype: str | None = None)
     return critic
 
 
+def critic_labels(specs: list) -> list[str]:
+    """Names of critics in results and ensembles: ``as:`` when given, else the critic's name; critics
+    sharing a name are told apart by their checkpoint folder's name (``trained`` critics) or ``#i``."""
+    from pathlib import Path
+
+    names = [s.name for s in specs]
+    labels: list[str] = []
+    for i, s in enumerate(specs):
+        given = getattr(s, "label", None)
+        label = given or (Path(str(s.args["path"])).name if names.count(s.name) > 1 and s.args.get("path") else s.name)
+        if label in labels and not given:
+            label = f"{s.name}#{i}"
+        if label in labels:
+            raise RecipeError(None, f"critics.{i}.as", f"two critics are named {label!r}; give each a distinct 'as:' label")
+        labels.append(label)
+    return labels
+
+
 def build_critics(recipe: Recipe, model, device: str):
     """(combined critic, {name: critic}, {name: eval critic})."""
     cache = None
@@ -74,14 +92,10 @@ def build_critics(recipe: Recipe, model, device: str):
         cache = ScoreCache(recipe.run.cache_dir)
     except ImportError:
         pass
-    members = {}
-    for i, spec in enumerate(recipe.critics):
-        key = spec.name if spec.name not in members else f"{spec.name}#{i}"
-        members[key] = build_critic(spec, model, device, cache, recipe.run.dtype)
-    evals = {}
-    for i, spec in enumerate(recipe.evaluate):
-        key = spec.name if spec.name not in evals else f"{spec.name}#{i}"
-        evals[key] = build_critic(spec, model, device, cache, recipe.run.dtype)
+    members = {key: build_critic(spec, model, device, cache, recipe.run.dtype)
+               for key, spec in zip(critic_labels(recipe.critics), recipe.critics)}
+    evals = {key: build_critic(spec, model, device, cache, recipe.run.dtype)
+             for key, spec in zip(critic_labels(recipe.evaluate), recipe.evaluate)}
     if len(members) == 1 and recipe.critics[0].weight == 1.0 and not recipe.combine:
         combined = next(iter(members.values()))
     else:

@@ -168,6 +168,96 @@ CRITICS.register_lazy(
     ),
 )
 
+CRITICS.register_lazy(
+    "geneval",
+    "milr.critics.geneval:GenEvalCritic",
+    card=CriticCard(
+        summary="GenEval's own protocol without mmdet: transformers Mask2Former instance segmentation, GenEval's "
+        "thresholds (0.3 / 0.9 counting), 16-per-class cap and class names, ViT-L-14 colour on the grey-composited "
+        "mask crop, GenEval rules; pass/fail or dense partial",
+        score_range=(0.0, 1.0),
+        needs_metadata=("include",),
+        cost="moderate",
+        weights="checkpoint: facebook/mask2former-swin-small-coco-instance (must be cached) or a local Mask2Former "
+        "folder; open_clip ViT-L-14/openai for colours (must be cached, or local files)",
+        reference="GenEval, Ghosh et al. 2023 (arXiv 2310.11513); Mask2Former, Cheng et al. 2022 (arXiv 2112.01527)",
+        extra={"differences from GenEval": "transformers' image processor resizes instead of mmdet's test pipeline; "
+               "scores near the 0.3/0.9 cuts can differ", "benchmark": "geneval (its evaluation scorer)"},
+    ),
+)
+CRITICS.register_lazy(
+    "t2i_blip_vqa",
+    "milr.critics.t2i_blip_vqa:T2IBlipVQA",
+    card=CriticCard(
+        summary="T2I-CompBench BLIP-VQA (colour, shape, texture): P(yes)/(P(yes)+P(no)) of BLIP VQA for each noun "
+        "chunk asked as '<chunk>?', product over chunks; chunks by spaCy en_core_web_sm (local path) or `chunker: rules`",
+        score_range=(0.0, 1.0),
+        input_size=480,
+        max_text_tokens=35,
+        cost="moderate",
+        weights="checkpoint: Salesforce/blip-vqa-capfilt-large (must be cached) or a local BLIP VQA folder; "
+        "chunker: a local en_core_web_sm folder (not on PyPI) + `pip install spacy`",
+        reference="T2I-CompBench, Huang et al. 2023 (arXiv 2307.06350); BLIP (arXiv 2201.12086)",
+        extra={"benchmark": "t2i-compbench color/shape/texture (its evaluation scorer)"},
+    ),
+)
+CRITICS.register_lazy(
+    "t2i_spatial",
+    "milr.critics.t2i_spatial:T2ISpatial",
+    card=CriticCard(
+        summary="T2I-CompBench 2D-spatial score: the benchmark's distance/IoU rule on the boxes of any detector critic "
+        "(geneval's Mask2Former by default), measured in UniDet's 479/480 px frame; 0 or in [0.5, 1]",
+        score_range=(0.0, 1.0),
+        cost="moderate",
+        weights="those of the detector critic (default geneval); chunker as t2i_blip_vqa",
+        reference="T2I-CompBench, Huang et al. 2023 (arXiv 2307.06350)",
+        extra={"differences from T2I-CompBench": "COCO detector labels instead of UniDet's unified label space",
+               "benchmark": "t2i-compbench spatial (its rule; detector differs)"},
+    ),
+)
+CRITICS.register_lazy(
+    "t2i_clipscore",
+    "milr.critics.t2i_clipscore:T2ICLIPScore",
+    card=CriticCard(
+        summary="T2I-CompBench non-spatial CLIPScore: raw cosine of OpenAI CLIP ViT-B/32 image and prompt embeddings",
+        score_range=(-1.0, 1.0),
+        differentiable=True,
+        input_size=224,
+        max_text_tokens=77,
+        cost="cheap",
+        weights="open_clip ViT-B-32/openai (must be cached) or a local checkpoint",
+        reference="T2I-CompBench, Huang et al. 2023 (arXiv 2307.06350); CLIP (arXiv 2103.00020)",
+        extra={"benchmark": "t2i-compbench non_spatial (its evaluation scorer)"},
+    ),
+)
+CRITICS.register_lazy(
+    "t2i_3in1",
+    "milr.critics.t2i_3in1:T2I3in1",
+    card=CriticCard(
+        summary="T2I-CompBench complex 3-in-1: (spatial+blip)/2 for spatial prompts, (clip+blip)/2 for action prompts, "
+        "(blip+spatial+clip)/3 otherwise; CLIP on the prompt without adjectives",
+        score_range=(0.0, 1.0),
+        cost="moderate",
+        weights="those of t2i_blip_vqa, t2i_spatial and t2i_clipscore",
+        reference="T2I-CompBench, Huang et al. 2023 (arXiv 2307.06350)",
+        extra={"benchmark": "t2i-compbench complex (its evaluation scorer)"},
+    ),
+)
+CRITICS.register_lazy(
+    "wise_judge",
+    "milr.critics.wise_judge:WiseJudge",
+    card=CriticCard(
+        summary="WISE judge protocol (legacy): an OpenAI-compatible chat model scores consistency, realism and "
+        "aesthetic quality 0-2; WiScore = (0.7C + 0.2R + 0.1A)/2; the prompt's explanation only with use_explanation",
+        score_range=(0.0, 1.0),
+        cost="api",
+        weights="remote: base_url + model_name (paper: gpt-4o-2024-05-13); key from api_key_env",
+        reference="WISE, Niu et al. 2025 (arXiv 2503.07265)",
+        # read by the oracle rule (milr.benchmarks.oracle): use_explanation: true sends the answer to the judge
+        extra={"privileged_args": {"use_explanation": "explanation"}, "benchmark": "wise (its evaluation scorer)"},
+    ),
+)
+
 
 def _register_user_critics() -> None:
     # Names from the user's critics.yaml (see milr.critics.trained); problems are warnings here.

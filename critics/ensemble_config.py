@@ -115,8 +115,11 @@ def _check_reference(ref: Any, member: str, path: str, base_dir: Optional[Path],
     A relative path is resolved against the working directory, then the recipe's folder; the
     resolved absolute path is written back into ``fix[key]`` so the runner uses what was checked.
     """
-    if not isinstance(ref, (str, Path)):
+    if isinstance(ref, Mapping) and not own:
         return  # an in-memory image set (Python API): checked when the ensemble is built
+    if not isinstance(ref, (str, Path)):
+        out.append((path, f"expected a path to a stats file or a run folder, found {ref!r}"))
+        return
     from milr.critics.normalize import is_score_reference, reference_stats, resolve_reference_path
 
     path_ = resolve_reference_path(ref, base_dir)
@@ -132,8 +135,10 @@ def _check_reference(ref: Any, member: str, path: str, base_dir: Optional[Path],
             reference_stats(path_, member)
         except (OSError, ValueError) as e:
             out.append((path, str(e)))
-    elif member and not is_score_reference(path_) and not path_.is_dir():
-        out.append((path, f"{str(path_)!r} is neither a stats file nor a folder"))
+    elif member and not own and not (is_score_reference(path_) or (path_ / "metadata.jsonl").is_file()
+                                     or any(path_.glob("*/metadata.jsonl"))):
+        out.append((path, f"{str(path_)!r} holds neither recorded scores (a run folder) nor images to score "
+                          "(metadata.jsonl, or GenEval's NNNNN/metadata.jsonl)"))
     elif member and own and not is_score_reference(path_):
         out.append((path, f"{str(path_)!r} is not a stats file or a run folder (results.jsonl); an image folder "
                           "can be the ensemble-wide combine.reference, scored by the members"))
@@ -225,7 +230,7 @@ def validate_combine(combine: Optional[Mapping[str, Any]], member_names: Optiona
             if row is not None and spec.gate.k > voters:
                 where = "" if label == "weights" else f" under {label}"
                 out.append((f"{prefix}.gate.k", f"found {spec.gate.k}; at most the {voters} members with a non-zero weight{where} can agree"))
-    return out
+    return list(dict.fromkeys(out))  # an ensemble-wide problem is found once per member: report it once
 
 
 def _rank_needs_values(member: str, path: str, base_dir: Optional[Path], ref: Any, out: list[tuple[str, str]]) -> None:

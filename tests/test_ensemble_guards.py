@@ -230,6 +230,8 @@ def toy_recipe(tmp_path, combine=None, search=None, prompts=("a toy prompt", "an
     ({"normalize": {"doubles:BrightnessCritic": "rank"}}, "combine.normalize.doubles:BrightnessCritic", "needs a reference"),
     ({"normalize": {"doubles:BrightnessCritic": {"type": "zscore", "reference": "missing.json"}}},
      "combine.normalize.doubles:BrightnessCritic.reference", "not found"),
+    ({"normalize": "rank", "reference": "."}, "combine.reference", "holds neither recorded scores"),
+    ({"normalize": "rank", "reference": 3}, "combine.reference", "expected a path"),
     ({"mode": "lcb", "kappa": -1}, "combine.kappa", "greater than or equal to 0"),
     ({"mode": "sum", "kappa": 1}, "combine.kappa", "only with mode 'lcb'"),
     ({"mode": "mean"}, "combine.mode", "allowed"),
@@ -304,6 +306,13 @@ def test_calibrate_then_zscore_from_its_stats(tmp_path):
     manifest = RunRecord(run_dir).manifest()["recipe"]
     assert manifest["search"] == {"name": "generate"} and "combine" not in manifest  # one image per prompt
     assert json.loads((tmp_path / "stats.json").read_text())["critics"]["doubles:BrightnessCritic"]["n"] == 2
+
+    # The ensemble-wide reference may be that run folder for a member it did not record: the member
+    # scores the folder's images (initial and final: the same image under `generate`) once.
+    from doubles import BrightnessCritic
+
+    other = Ensemble([BrightnessCritic(scale=2.0)], names=["bright2"], normalize="zscore", reference=run_dir)
+    assert other.stats[0][0] == pytest.approx(2 * mean, abs=1e-2)  # PNG rounding of the saved images
 
     ref = {"type": "zscore", "reference": str(out)}
     run = run_recipe(toy_recipe(tmp_path / "z", {"mode": "sum", "normalize": {n: ref for n in NAMES[:2]}},

@@ -429,7 +429,9 @@ def format_report(report: dict) -> str:
     for name, s in report["sets"].items():
         critics = s["critics"]
         tags = sorted({t for c in critics.values() for t in c["by_tag"]})
+        base = max(s["reference_pass"], s["n"] - s["reference_pass"]) / s["n"] if s["n"] else None
         lines += [f"## {name} images (n={s['n']}, reference passes {s['reference_pass']})", "",
+                  f"A constant verdict (all pass or all fail) would agree {_f(base)}: agreement above that is skill.", "",
                   "| critic | threshold | agreement | Spearman | Kendall | AUC |", "|---|---|---|---|---|---|"]
         for label, c in critics.items():
             o = c["overall"] or {}

@@ -121,4 +121,6 @@ class SuiteCard:
         return asdict(self)
 
     def one_line(self) -> str:
-        return f"{self.size}; categories: {', '.join(self.categories)}"
+        line = f"{self.size}; categories: {', '.join(self.categories)}"
+        names = list(dict.fromkeys(n for group in self.scorers.values() for n in group))
+        return line + (f"; benchmark scorer (oracle if searched with): {', '.join(names)}" if names else "")

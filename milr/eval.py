@@ -53,7 +53,9 @@ def parse_critics(text: str) -> tuple[list, Any]:
     data: Any = None
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except yaml.YAMLError as e:
+        if text.lstrip().startswith(("[", "{", "-")):  # meant as inline YAML, not a file or recipe name
+            raise RecipeError("--critics", "", f"not valid YAML: {str(e).splitlines()[0]}") from None
         data = None
     if not isinstance(data, list):
         path = Path(text).expanduser()

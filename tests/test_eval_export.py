@@ -86,6 +86,22 @@ def test_eval_of_run_folder_initial_images_and_cli(minimug_run, tmp_path, capsys
     assert summary["layout"] == "run" and summary["benchmark"]["name"] == "geneval"
 
 
+def test_eval_critics_from_a_recipe_or_a_yaml_file(minimug_run, tmp_path):
+    # a recipe gives its evaluate: critics (quickstart-oracle: world_oracle, binary)
+    s = evaluate(minimug_run, "quickstart-oracle", tmp_path / "A", n_resamples=50)
+    inline = evaluate(minimug_run, "[{name: world_oracle, mode: binary}]", tmp_path / "B", n_resamples=50)
+    assert list(s["critics"]) == ["world_oracle"] and s["critics"] == inline["critics"]
+    f = tmp_path / "critics.yaml"
+    f.write_text("- {name: world_oracle, mode: partial}\n- {name: world_oracle, mode: binary}\n")
+    two = evaluate(minimug_run, str(f), tmp_path / "C", n_resamples=50)
+    assert list(two["critics"]) == ["world_oracle", "world_oracle#1"]
+    assert two["critics"]["world_oracle#1"] == inline["critics"]["world_oracle"]
+    from milr.recipe import RecipeError
+
+    with pytest.raises(RecipeError, match="mode"):
+        evaluate(minimug_run, "[{name: world_oracle, mode: sometimes}]", tmp_path / "D")
+
+
 def test_compare_table_has_oracle_column(minimug_run):
     from milr.compare import format_table, summarize_runs
 
@@ -290,6 +306,11 @@ def test_oracle_flagged_and_not_flagged_cases():
     assert oracle_verdict(ens, "minimug-world", ["colors"]).oracle is True
     # WISE: the judge is the scorer; a critic reading the privileged answer is flagged for that reason
     assert oracle_verdict([{"name": "wise_judge"}], "wise", ["culture"]).oracle is True
+    answer = oracle_verdict([{"name": "wise_judge", "use_explanation": True}], "wise", ["culture"])
+    assert any("reads the privileged field 'explanation'" in r for r in answer.reasons)
+    assert not any("privileged" in r for r in oracle_verdict([{"name": "wise_judge"}], "wise", ["culture"]).reasons)
+    # a judge shown the answer on prompts of another suite that carry it is flagged for that alone
+    assert oracle_verdict([{"name": "wise_judge", "use_explanation": True}], None, [], ["explanation"]).oracle is True
     peek = oracle_verdict([{"name": "test_eval_export:Peeker", "peek": True}], "wise", ["culture"])
     assert peek.oracle is True and "privileged field 'explanation'" in peek.reasons[0]
     assert oracle_verdict([{"name": "test_eval_export:Peeker"}], "wise", ["culture"]).oracle is False

@@ -127,7 +127,7 @@ def test_images_per_prompt_gives_one_task_per_image_with_its_own_seed_and_id():
 @pytest.mark.parametrize("recipe,n,reason", [
     ("janus-pro-7b-geneval", 553, "'geneval' is the evaluation scorer"),
     ("janus-pro-7b-t2i-compbench", 1800, "'t2i_blip_vqa' is the evaluation scorer"),
-    ("janus-pro-7b-wise", 1000, "'wise_judge' is the evaluation scorer"),
+    ("janus-pro-7b-wise", 1000, "'wise_judge' reads the privileged field 'explanation'"),
 ])
 def test_janus_benchmark_recipes_pass_dry_run_without_loading_weights(recipe, n, reason, capsys, monkeypatch):
     import milr.runner

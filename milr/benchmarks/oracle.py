@@ -94,8 +94,10 @@ def _critic_card(name: str) -> Any:
 def privileged_reads(name: str, args: Mapping[str, Any], fields: Iterable[str]) -> list[str]:
     """The privileged ``fields`` critic ``name`` with ``args`` reads, per its card."""
     fields = set(fields)
+    if not fields:  # nothing privileged in these prompts: no need to look the critic up
+        return []
     card = _critic_card(name)
-    if card is None or not fields:
+    if card is None:
         return []
     read = [f for f in getattr(card, "needs_metadata", ()) if f in fields]
     for arg, field in (getattr(card, "extra", None) or {}).get("privileged_args", {}).items():

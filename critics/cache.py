@@ -41,9 +41,13 @@ def image_digest(image: torch.Tensor) -> str:
     """sha256 of one image ``[3, H, W]`` in [0, 1], quantised to uint8 (plus its shape)."""
     if image.dim() != 3:
         raise ValueError(f"image_digest: expected one [3, H, W] image, got shape {tuple(image.shape)}")
-    q = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().contiguous()
+    x = image.detach().float()
+    q = (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu().contiguous()
     h = hashlib.sha256(b"img:" + str(tuple(q.shape)).encode())
     h.update(q.numpy().tobytes())
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):  # NaN casts to 0: without this an all-NaN image shares the all-black key
+        h.update(b"nonfinite:" + bad.cpu().numpy().tobytes() + torch.isnan(x).cpu().numpy().tobytes())
     return h.hexdigest()
 
 

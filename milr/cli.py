@@ -9,16 +9,33 @@
     milr train-detector RECIPE [key.path=value ...]
     milr agree RUN_DIR|RECIPE [key.path=value ...] --out DIR [--critics YAML] [--reference CRITIC]
     milr calibrate RECIPE [key.path=value ...] --out STATS.json
+    milr export RUN --format geneval|t2i-compbench|wise --out DIR [--which final|initial]
+    milr eval TARGET --critics CRITICS --out DIR [--layout L] [--prompts FILE.jsonl] [--benchmark B]
 
 RECIPE is a YAML path or the name of a shipped recipe (``quickstart``). Heavy imports happen
 inside the commands so ``milr list`` answers without loading torch.
+
+Errors: a problem the user can fix (:class:`milr.errors.UserError`: recipe, prompts, weights, run
+folder) prints one ``milr: <kind> error: ...`` line per problem and exits 2, before any weights
+load and before a run folder exists; anything else is a bug and exits 1 with a one-line summary
+(``--debug`` prints the traceback). ``show`` and ``--dry-run`` import no module a recipe names by
+import path unless ``--allow-imports`` is given: recipes are code.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+import traceback
+from typing import NoReturn, Sequence
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one ``milr: usage error:`` line (exit 2), like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"milr: usage error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -50,9 +67,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from milr.recipe import dump_recipe, load_recipe
+    from milr.recipe import dump_recipe, load_recipe, preflight
 
     recipe = load_recipe(args.recipe, args.overrides)
+    preflight(recipe)
     print(f"# resolved from {recipe.source}")
     print(dump_recipe(recipe), end="")
     return 0
@@ -64,16 +82,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.resume:
         from milr.runner import run_recipe
 
-        run_dir = run_recipe(None, resume=args.resume)
+        run_dir = run_recipe(args.recipe, args.overrides, resume=args.resume)
         print(run_dir)
         return 0
     recipe = load_recipe(args.recipe, args.overrides)
     if args.dry_run:
-        from milr.prompts import load_tasks
+        from milr.recipe import preflight
 
-        tasks = load_tasks(recipe.prompts, recipe.source)
+        tasks = preflight(recipe)
         print(dump_recipe(recipe), end="")
         print(f"# dry run: recipe valid; {len(tasks)} prompts; nothing loaded")
+        from milr.benchmarks.oracle import recipe_verdict
+
+        verdict = recipe_verdict(recipe.to_dict(), tasks)
+        print(f"# oracle: {verdict.label()}" + (f" ({'; '.join(verdict.reasons + verdict.proxies)})" if verdict.reasons or verdict.proxies else ""))
         for t in tasks[:5]:
             print(f"#   {t.id}: {t.prompt}")
         return 0
@@ -81,6 +103,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     run_dir = run_recipe(recipe)
     print(run_dir)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from milr.export import export_run
+
+    prov = export_run(args.run, args.format, args.out, which=args.which, image_index=args.image_index, force=args.force)
+    print(f"milr export: {prov['images']} images of {prov['prompts']} prompts in {args.format} layout "
+          f"(oracle: {prov['oracle']})", file=sys.stderr)
+    print(args.out)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from milr.eval import evaluate, format_eval
+
+    summary = evaluate(args.target, args.critics, args.out, layout=args.layout, prompts=args.prompts,
+                       benchmark=args.benchmark, which=args.which, device=args.device, batch_size=args.batch_size)
+    print(format_eval(summary), file=sys.stderr)
+    print(args.out)
     return 0
 
 
@@ -148,7 +190,10 @@ def _cmd_agree(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="milr", description="Test-time latent reasoning for image generation (MILR).")
+    p = _Parser(prog="milr", description="Test-time latent reasoning for image generation (MILR).")
+    p.add_argument("--debug", action="store_true", help="print the traceback of an internal error (any position)")
+    p.add_argument("--allow-imports", action="store_true",
+                   help="let show/--dry-run import modules a recipe names by import path (recipes are code: trust it first)")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run a recipe")
@@ -199,6 +244,27 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--out", required=True, help="stats file to write (.json, or .yaml)")
     cal.set_defaults(fn=_cmd_calibrate)
 
+    ex = sub.add_parser("export", help="write a run's images in a benchmark's official layout")
+    ex.add_argument("run", help="run folder")
+    ex.add_argument("--format", required=True, choices=["geneval", "t2i-compbench", "wise"])
+    ex.add_argument("--out", required=True, help="output folder (must be empty unless --force)")
+    ex.add_argument("--which", default="final", choices=["final", "initial"], help="the run's final (default) or initial images")
+    ex.add_argument("--image-index", type=int, default=None, help="WISE: which image of each prompt, when a run has several")
+    ex.add_argument("--force", action="store_true", help="write into a non-empty output folder")
+    ex.set_defaults(fn=_cmd_export)
+
+    ev = sub.add_parser("eval", help="score existing images (a run, a benchmark layout, or images + prompt file) with critics")
+    ev.add_argument("target", help="run folder, GenEval / T2I-CompBench / WISE layout folder, or image folder")
+    ev.add_argument("--critics", required=True, help="YAML list of critics, a YAML file with one, or a recipe (its evaluate: critics)")
+    ev.add_argument("--out", required=True, help="output folder: results.jsonl, summary.json, summary.md")
+    ev.add_argument("--layout", default=None, help="run, geneval, t2i-compbench, wise or prompt-file (default: detected)")
+    ev.add_argument("--prompts", default=None, help="JSONL of {file, prompt, metadata?} lines for a plain image folder")
+    ev.add_argument("--benchmark", default=None, help="aggregation: geneval, t2i-compbench, wise, dpg-bench or none (default: from the target)")
+    ev.add_argument("--which", default="final", choices=["final", "initial"], help="for a run folder: its final or initial images")
+    ev.add_argument("--device", default="cpu", help="device for the critics (cpu, cuda, auto)")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.set_defaults(fn=_cmd_eval)
+
     ag = sub.add_parser("agree", help="score one set of images with several critics; agreement with a reference critic")
     ag.add_argument("source", help="a run folder (its initial and final images) or a recipe whose model generates images")
     ag.add_argument("overrides", nargs="*", help="dotted overrides of the recipe (not for a run folder)")
@@ -216,30 +282,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The global flags may stand anywhere on the line, also after the command.
+    flags = {"--debug": False, "--allow-imports": False}
+    for f in flags:
+        flags[f] = f in argv
+        argv = [a for a in argv if a != f]
     # Overrides may come after options (`milr run R --dry-run a.b=1`); argparse leaves those over.
     args, extra = parser.parse_known_args(argv)
+    args.debug, args.allow_imports = flags["--debug"], flags["--allow-imports"]
     stray = [x for x in extra if "=" not in x or x.startswith("-")]
     if stray or (extra and not hasattr(args, "overrides")):
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = list(args.overrides) + extra
     if args.command == "run" and not args.recipe and not args.resume:
-        print("milr run: give a RECIPE or --resume RUN_DIR", file=sys.stderr)
+        print("milr: usage error: give a RECIPE or --resume RUN_DIR", file=sys.stderr)
         return 2
-    from milr.recipe import RecipeError
-    from milr.registry import UnknownComponentError
+    from milr.errors import UserError
+    from milr.registry import UnknownComponentError, allow_import_paths
 
+    inspect_only = args.command == "show" or (args.command == "run" and getattr(args, "dry_run", False))
+    previous = allow_import_paths(args.allow_imports or not inspect_only)
     try:
         return int(args.fn(args) or 0)
-    except RecipeError as e:
-        print(f"milr: recipe error:\n{e}", file=sys.stderr)
+    except UserError as e:
+        for line in e.lines():
+            print(f"milr: {e.kind} error: {line}", file=sys.stderr)
         return 2
     except UnknownComponentError as e:
-        print(f"milr: {e}", file=sys.stderr)
+        print(f"milr: component error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("milr: interrupted; resume with `milr run --resume RUN_DIR`", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug in milr or a plugin: one line, the traceback on request
+        if args.debug:
+            traceback.print_exc()
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        hint = "" if args.debug else " (rerun with --debug for the traceback)"
+        print(f"milr: internal error: {type(e).__name__}: {first}{hint}", file=sys.stderr)
+        return 1
+    finally:
+        allow_import_paths(previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -56,6 +56,14 @@ class Critic(ABC):
     card: "CriticCard | None" = None
     registry_name: str | None = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Every critic's score() checks its input once, here, rather than in each of a dozen
+        # critics: a NaN image would otherwise be scored as black (uint8 casts) or poison a batch.
+        super().__init_subclass__(**kwargs)
+        fn = cls.__dict__.get("score")
+        if fn is not None and not getattr(fn, "_checks_images", False) and not getattr(fn, "__isabstractmethod__", False):
+            cls.score = _checking_images(fn)  # type: ignore[method-assign]
+
     @abstractmethod
     def score(self, images: "torch.Tensor", prompts: list[str], metadata: list[dict]) -> "torch.Tensor":
         """Return ``Tensor[B]`` of rewards for ``images`` ``[B, 3, H, W]`` in ``[0, 1]``."""
@@ -80,6 +88,43 @@ class Critic(ABC):
         x = image_batch(images)
         texts = prompt_list(prompts, x.shape[0])
         return self.score(x, texts, metadata if metadata is not None else [{} for _ in texts])
+
+
+IMAGE_TOLERANCE = 1e-3  # resampling and float16 overshoot [0, 1] by a hair; more is a bug
+
+
+def check_images(images: Any, critic: str = "critic") -> None:
+    """Raise :class:`~milr.errors.NonFiniteError` for NaN/inf pixels or values outside [0, 1]."""
+    import torch
+
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point() or images.numel() == 0:
+        return
+    x = images.detach()
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        from milr.errors import NonFiniteError
+
+        bad = (~finite).reshape(x.shape[0], -1).any(dim=1).nonzero().flatten().tolist() if x.dim() > 1 else [0]
+        raise NonFiniteError(f"critic {critic!r} was given images with NaN or infinite pixels (images {bad[:5]}); "
+                             "the generator produced them or a caller passed them")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -IMAGE_TOLERANCE or hi > 1 + IMAGE_TOLERANCE:
+        from milr.errors import NonFiniteError
+
+        raise NonFiniteError(f"critic {critic!r} was given images with values in [{lo:.4g}, {hi:.4g}]; "
+                             "images must be floats in [0, 1]")
+
+
+def _checking_images(fn: Any) -> Any:
+    import functools
+
+    @functools.wraps(fn)
+    def score(self: Critic, images: Any, *args: Any, **kwargs: Any) -> Any:
+        check_images(images, self.name)
+        return fn(self, images, *args, **kwargs)
+
+    score._checks_images = True  # type: ignore[attr-defined]
+    return score
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,13 +442,28 @@ class Search(ABC):
         r = torch.as_tensor(rewards, dtype=torch.float32).detach().cpu().reshape(-1)
         if r.numel() != len(candidates):
             raise ValueError(f"{len(candidates)} candidates but {r.numel()} rewards")
+        if not bool(torch.isfinite(r).all()):
+            # A NaN would freeze the best-so-far (nothing compares greater) or poison a gradient;
+            # the runner drops such candidates first (run.on_nonfinite) so this is a caller's bug.
+            raise ValueError(f"rewards must be finite, got {r.tolist()}")
         return r
 
     def _record(self, candidates: list[Candidate], rewards: "torch.Tensor") -> None:
-        """Track the best and last candidate; strategies call this from ``tell``."""
+        """Track the best and last candidate; strategies call this from ``tell``.
+
+        A candidate the runner flagged ``info["nonfinite"]`` (its critic returned NaN/inf and
+        ``run.on_nonfinite: skip`` replaced the reward) ranks below every real one.
+        """
+        import math
+
         r = [float(x) for x in rewards]
-        i = max(range(len(r)), key=r.__getitem__)
-        if self._best is None or r[i] > self._best[1]:
+
+        def rank(c: Candidate, v: float) -> tuple[bool, float]:
+            ok = math.isfinite(v) and not c.info.get("nonfinite")
+            return ok, v if ok else -math.inf
+
+        i = max(range(len(r)), key=lambda j: rank(candidates[j], r[j]))
+        if self._best is None or rank(candidates[i], r[i]) > rank(*self._best):
             self._best = (candidates[i], r[i])
         self._last = (candidates[i], r[i])
 

@@ -35,6 +35,8 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
+import math
+import os
 import re
 import typing
 from pathlib import Path
@@ -43,13 +45,16 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from milr.errors import UserError
 from milr.registry import CRITICS, MODELS, SEARCHES, SUITES, Registry, UnknownComponentError
 
 GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError, ValueError):
     """A recipe problem, located by file and key path."""
+
+    kind = "recipe"
 
     def __init__(self, file: str | None, path: str, problem: str):
         self.file = file
@@ -71,14 +76,22 @@ class RecipeErrors(RecipeError):
 # ---------------------------------------------------------------------------------------------
 # Schema
 # ---------------------------------------------------------------------------------------------
+# Upper bounds: a value past these is a typo or an attack, never a setting (2**63-1 is the largest
+# seed torch.manual_seed and numpy accept; more threads than 4x the cores only thrashes, and
+# 100000 threads crashed torch).
+MAX_SEED = 2**63 - 1
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+MAX_COUNT = 10**9  # prompts, tokens, critic calls
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ComponentSpec(BaseModel):
     """``{name: ..., **arguments}``; arguments are checked against the component's signature."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     name: str
 
     @property
@@ -98,9 +111,12 @@ class PromptsSpec(_Strict):
     file: Optional[str] = None
     inline: Optional[list[Union[str, dict]]] = None
     split: str = "test"
-    tags: Optional[list[Literal[GENEVAL_TAGS]]] = None  # type: ignore[valid-type]
-    limit: Optional[int] = Field(default=None, gt=0)
-    per_tag: Optional[int] = Field(default=None, gt=0)
+    tags: Optional[list[str]] = None  # checked against the suite card's categories (check_recipe_components)
+    limit: Optional[int] = Field(default=None, gt=0, le=MAX_COUNT)
+    per_tag: Optional[int] = Field(default=None, gt=0, le=MAX_COUNT)
+    # Benchmark protocols score several images per prompt (GenEval 4, T2I-CompBench 10): each
+    # (prompt, image) is its own task, id "<prompt id>#<k>", with its own seed (milr.prompts).
+    images_per_prompt: int = Field(default=1, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _one_source(self) -> "PromptsSpec":
@@ -113,15 +129,15 @@ class PromptsSpec(_Strict):
 
 
 class BudgetSpec(_Strict):
-    text_tokens: Optional[int] = Field(default=None, gt=0)
-    image_tokens: Optional[int] = Field(default=None, gt=0)
-    generator_tokens: Optional[int] = Field(default=None, gt=0)
-    critic_calls: Optional[int] = Field(default=None, gt=0)
+    text_tokens: Optional[int] = Field(default=None, gt=0, le=MAX_COUNT)
+    image_tokens: Optional[int] = Field(default=None, gt=0, le=MAX_COUNT)
+    generator_tokens: Optional[int] = Field(default=None, gt=0, le=MAX_COUNT)
+    critic_calls: Optional[int] = Field(default=None, gt=0, le=MAX_COUNT)
     seconds: Optional[float] = Field(default=None, gt=0)
 
 
 class RunSpec(_Strict):
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     output_dir: str = "runs"
@@ -129,7 +145,24 @@ class RunSpec(_Strict):
     budget: BudgetSpec = BudgetSpec()
     save_steps: bool = False
     cache_dir: Optional[str] = None  # on-disk score cache; None keeps it in memory
-    threads: Optional[int] = Field(default=None, gt=0)  # torch CPU threads; small models run best on 1
+    threads: Optional[int] = Field(default=None, gt=0, le=MAX_THREADS)  # torch CPU threads; small models run best on 1
+    # A critic returning NaN/inf: stop with an error naming it, or drop that candidate and count it.
+    on_nonfinite: Literal["error", "skip"] = "error"
+
+    @field_validator("output_dir", "cache_dir")
+    @classmethod
+    def _path(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and (not v.strip() or "\x00" in v):
+            raise ValueError(f"found {v!r}; expected a folder path (not empty, no NUL character)")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: Optional[str]) -> Optional[str]:
+        # The name becomes a folder under output_dir: no separators, so it cannot escape it.
+        if v is not None and not re.fullmatch(r"[\w][\w.\-]{0,99}", v):
+            raise ValueError(f"found {v!r}; allowed: letters, digits, '_', '-', '.' (at most 100, not starting with '.' or '-')")
+        return v
 
     @field_validator("device")
     @classmethod
@@ -143,7 +176,7 @@ class GuardSpec(_Strict):
     """Early stopping on disagreement with a held-out critic (see the module docstring)."""
 
     critic: ComponentSpec
-    patience: int = Field(default=2, ge=1)
+    patience: int = Field(default=2, ge=1, le=MAX_COUNT)
     tolerance: float = Field(default=0.0, ge=0)
 
 
@@ -194,11 +227,70 @@ def resolve_recipe_path(ref: str | Path, relative_to: Path | None = None) -> Pat
     raise RecipeError(str(ref), "", f"no such recipe file{hint} (shipped recipes: {', '.join(sorted(shipped))})")
 
 
-def _read_yaml(path: Path) -> dict:
+# YAML limits. A recipe is a few KB; aliases ("billion laughs": nine aliases of nine aliases...)
+# cost nothing to parse but expand to billions of nodes in every later copy, dump or validation, so
+# the expanded size is measured (each alias counted at every use) before anything walks the data.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000
+MAX_YAML_DEPTH = 50
+
+
+def _measure(obj: Any, file: str, path: str, memo: dict[int, tuple[int, int]], active: set[int]) -> tuple[int, int]:
+    """(expanded node count, height) of parsed YAML; shared nodes are measured once (memo)."""
+    if not isinstance(obj, (dict, list)):
+        return 1, 1
+    key = id(obj)
+    if key in memo:
+        return memo[key]
+    if key in active:
+        raise RecipeError(file, path, "not a valid recipe: a YAML alias refers to itself (recursive structure)")
+    active.add(key)
+    size, height = 1, 0
+    for child in (list(obj.keys()) + list(obj.values())) if isinstance(obj, dict) else obj:
+        n, h = _measure(child, file, path, memo, active)
+        size += n
+        height = max(height, h)
+        if size > MAX_YAML_NODES:
+            raise RecipeError(file, path, f"too large: more than {MAX_YAML_NODES} values once YAML aliases are expanded")
+        if height + 1 > MAX_YAML_DEPTH:
+            raise RecipeError(file, path, f"nested deeper than {MAX_YAML_DEPTH} levels")
+    active.discard(key)
+    memo[key] = (size, height + 1)
+    return memo[key]
+
+
+def parse_yaml(text: str, file: str, path: str = "") -> Any:
+    """``yaml.safe_load`` with limits on size, alias expansion and depth; errors as RecipeError."""
+    if len(text) > MAX_YAML_BYTES:
+        raise RecipeError(file, path, f"too large: {len(text)} characters (at most {MAX_YAML_BYTES})")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise RecipeError(str(path), "", f"not valid YAML: {e}") from None
+        raise RecipeError(file, path, "not valid YAML: " + " ".join(str(e).split())) from None
+    except RecursionError:
+        raise RecipeError(file, path, f"nested deeper than {MAX_YAML_DEPTH} levels") from None
+    except (ValueError, OverflowError) as e:  # e.g. a timestamp out of range
+        raise RecipeError(file, path, f"not valid YAML: {e}") from None
+    _measure(data, file, path, {}, set())
+    return data
+
+
+def read_yaml_file(path: Path, what: str = "recipe") -> Any:
+    """Read and parse a YAML file with :func:`parse_yaml`'s limits (UTF-8, size checked first)."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise RecipeError(str(path), "", f"too large for a {what}: {size} bytes (at most {MAX_YAML_BYTES})")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError(str(path), "", f"not UTF-8 text (byte {e.start}); save the {what} as UTF-8") from None
+    except OSError as e:
+        raise RecipeError(str(path), "", f"cannot read the {what}: {e.strerror or e}") from None
+    return parse_yaml(text, str(path))
+
+
+def _read_yaml(path: Path) -> dict:
+    data = read_yaml_file(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -247,9 +339,11 @@ def apply_overrides(data: dict, overrides: list[str], file: str | None = None) -
             raise RecipeError("command line", item, "expected an override of the form key.path=value")
         keys, raw = m.group(1).split("."), m.group(2)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
+            value = parse_yaml(raw, "command line", m.group(1)) if raw != "" else ""
+        except RecipeError as e:
+            if "not valid YAML" not in e.problem:
+                raise
+            value = raw  # not YAML: taken as the plain string it is
         node: Any = data
         for depth, key in enumerate(keys[:-1]):
             path = ".".join(keys[: depth + 1])
@@ -326,7 +420,9 @@ def _describe(err: dict, allowed_keys: dict[str, list[str]] | None = None) -> tu
         return loc, f"expected {_EXPECTED[typ]}, found {found!r}"
     if typ == "literal_error":
         return loc, f"found {found!r}; allowed: {err['ctx'].get('expected')}"
-    if typ in ("greater_than", "greater_than_equal"):
+    if typ == "finite_number":
+        return loc, f"found {found!r}; expected a finite number (not NaN or infinity)"
+    if typ in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         return loc, f"found {found!r}; expected a value {err['msg'].split('should be ')[-1]}"
     if typ == "too_short":
         return loc, f"found {found!r}; {err['msg']}"
@@ -389,12 +485,22 @@ def validate_component_args(registry: Registry, spec: ComponentSpec, path: str, 
         return [RecipeError(file, f"{path}.name", e.message.replace(f"unknown {registry.kind} ", f"unknown {registry.kind} name "))]
     except ImportError as e:
         return [RecipeError(file, f"{path}.name", f"{registry.kind} {spec.name!r} cannot be imported: {e}")]
-    fields, var_kw = component_signature(cls)
-    args = {k: v for k, v in spec.args.items() if k not in reserved}
-    config = ConfigDict(extra="allow" if var_kw else "forbid", arbitrary_types_allowed=True)
-    Model = create_model(f"{type(cls).__name__}Args", __config__=config, **fields)  # type: ignore[call-overload]
+    except UserError as e:  # an import path not allowed here, or not a subclass of the interface
+        return [RecipeError(file, f"{path}.name", str(e))]
     try:
-        Model.model_validate(args)
+        fields, var_kw = component_signature(cls)
+    except (TypeError, ValueError) as e:  # no inspectable signature (a builtin, say)
+        return [RecipeError(file, f"{path}.name", f"{registry.kind} {spec.name!r} has no usable signature: {e}")]
+    args = {k: v for k, v in spec.args.items() if k not in reserved}
+    # Non-finite numbers are never a setting (a NaN weight made every reward NaN).
+    config = ConfigDict(extra="allow" if var_kw else "forbid", arbitrary_types_allowed=True, allow_inf_nan=False)
+    try:
+        Model = create_model(f"{type(cls).__name__}Args", __config__=config, **fields)  # type: ignore[call-overload]
+    except Exception as e:  # an annotation pydantic cannot build a schema for: check names only
+        Model = create_model(f"{type(cls).__name__}Args", __config__=config,
+                             **{k: (Any, d) for k, (_, d) in fields.items()})  # type: ignore[call-overload]
+    try:
+        validated = Model.model_validate(args)
     except ValidationError as e:
         out = []
         for err in e.errors():
@@ -406,6 +512,12 @@ def validate_component_args(registry: Registry, spec: ComponentSpec, path: str, 
                 problem = f"unknown argument of {registry.kind} {spec.name!r}{hint} (allowed: {', '.join(fields) or 'none'})"
             out.append(RecipeError(file, f"{path}.{loc}", problem))
         return out
+    # Pass on the values as validated ("1e-3" read by YAML as a string becomes the float 0.001),
+    # so the component receives exactly what was checked.
+    extra = spec.__pydantic_extra__ if spec.__pydantic_extra__ is not None else {}
+    for k in args:
+        if k in fields:
+            extra[k] = getattr(validated, k)
     return []
 
 
@@ -440,10 +552,19 @@ def check_recipe_components(recipe: Recipe) -> None:
             SUITES.resolve_name(p.suite)
         except UnknownComponentError as e:
             errors.append(RecipeError(file, "prompts.suite", e.message))
+    elif p.suite is not None and p.tags:
+        categories = getattr(SUITES.card(p.suite), "categories", ()) or ()
+        for i, tag in enumerate(p.tags):
+            if categories and tag not in categories:
+                errors.append(RecipeError(file, f"prompts.tags.{i}", f"found {tag!r}; allowed: {', '.join(repr(c) for c in categories)} (suite {p.suite!r})"))
     if p.file is not None:
-        base = Path(file).parent if file else Path.cwd()
-        if not (Path(p.file).is_file() or (base / p.file).is_file()):
+        from milr.prompts import resolve_prompt_file
+
+        found = resolve_prompt_file(p.file, file)
+        if found is None:
             errors.append(RecipeError(file, "prompts.file", f"file not found: {p.file!r}"))
+        else:  # absolute from here on (manifest, resume), whatever folder the run is resumed from
+            p.file = str(found)
     if p.inline is not None and all(isinstance(x, str) for x in p.inline):
         for i, c in enumerate(recipe.critics):
             card = CRITICS.card(c.name) if c.name in CRITICS else None
@@ -454,6 +575,49 @@ def check_recipe_components(recipe: Recipe) -> None:
                     "give inline items as {prompt: ..., metadata: {...}} or use a suite"))
     if errors:
         raise errors[0] if len(errors) == 1 else RecipeErrors(errors)
+
+
+def preflight(recipe: Recipe) -> list:
+    """Check everything a run needs before the first heavy load; returns the tasks.
+
+    The recipe itself is already valid (:func:`load_recipe`). Here: the prompts load (file, suite,
+    split, unique ids); the search's constructor accepts its arguments (searches are cheap to
+    build); and every component that declares a ``preflight(args)`` class method finds its weights
+    (resolved, not loaded). All problems are raised together as a :class:`RecipeError`.
+    """
+    from milr.prompts import load_tasks
+
+    file = recipe.source
+    errors: list[RecipeError] = []
+    tasks: list = []
+    try:
+        tasks = load_tasks(recipe.prompts, file)
+    except RecipeError as e:
+        errors.extend(getattr(e, "errors", [e]))
+    search = recipe.search
+    try:
+        SEARCHES.get(search.name)(**search.args)
+    except (ValueError, TypeError) as e:
+        errors.append(RecipeError(file, "search", f"{search.name}: {e}"))
+    if isinstance(search.args.get("prefilter_critic"), str):
+        try:
+            CRITICS.resolve_name(search.args["prefilter_critic"])
+        except UnknownComponentError as e:
+            errors.append(RecipeError(file, "search.prefilter_critic", e.message))
+    parts = [("model", MODELS, recipe.model)]
+    parts += [(f"critics.{i}", CRITICS, c) for i, c in enumerate(recipe.critics)]
+    parts += [(f"evaluate.{i}", CRITICS, c) for i, c in enumerate(recipe.evaluate)]
+    for path, registry, spec in parts:
+        hook = getattr(registry.get(spec.name), "preflight", None)
+        if not callable(hook):
+            continue
+        try:
+            hook(dict(spec.args))
+        except (ValueError, OSError, ImportError, KeyError) as e:
+            errors.append(RecipeError(file, path, f"{registry.kind} {spec.name!r}: {str(e).strip(chr(39))}"))
+    if errors:
+        raise errors[0] if len(errors) == 1 else RecipeErrors(errors)
+    return tasks
 
 
 def dump_recipe(recipe: Recipe) -> str:

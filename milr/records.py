@@ -12,21 +12,37 @@ Layout::
 A line is written with a single ``write`` of the full line in append mode followed by ``fsync``,
 so a run killed with SIGKILL leaves at most one partial trailing line; :meth:`RunRecord.open`
 drops it on resume, and prompts already recorded are skipped.
+
+Safety against the second process and the half-made folder: the folder is built under a hidden
+temporary name, its ``manifest.json`` written (temp file + ``os.replace``), and only then renamed
+to its final name, so a folder with a name always has a manifest. A process holds an exclusive
+``fcntl.flock`` on ``RUN_DIR/.lock`` while it writes; a second one gets a :class:`RunFolderError`.
+On resume, a result whose images are missing or unreadable is dropped, so that prompt runs again.
+Lines are strict JSON: a non-finite number is written as ``null``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Iterable
+
+from milr.errors import RunFolderError
+
+try:  # exclusive run-folder lock; Windows has no flock and runs unlocked
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
 
 _PACKAGES = ("milr", "torch", "transformers", "numpy", "open_clip_torch", "ultralytics", "lightning", "cma", "pydantic")
 
@@ -53,6 +69,23 @@ def git_revision() -> str | None:
     return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
+# Locks this process holds, by the lock file's (device, inode): flock conflicts between two
+# descriptors of one process too, and a run resumed in the process that failed must not lock itself out.
+_HELD: dict[tuple[int, int], int] = {}
+
+
+def oracle_fields(recipe: dict) -> dict:
+    """The oracle rule's verdict for a resolved recipe (manifest keys ``oracle``, ``oracle_reasons``,
+    ``oracle_proxies``); a recipe whose prompts cannot be checked is recorded as unknown, not raised."""
+    from milr.benchmarks.oracle import recipe_verdict
+    from milr.errors import UserError
+
+    try:
+        return recipe_verdict(recipe).as_manifest()
+    except (UserError, ValueError, KeyError, TypeError, OSError, ImportError) as e:
+        return {"oracle": None, "oracle_reasons": [f"not checked: {e}"], "oracle_proxies": []}
+
+
 class RunRecord:
     """Reads and writes one run folder."""
 
@@ -61,6 +94,8 @@ class RunRecord:
         self.images = self.dir / "images"
         self.results_path = self.dir / "results.jsonl"
         self.manifest_path = self.dir / "manifest.json"
+        self._lock_fd: int | None = None
+        self.dropped: list[str] = []  # ids of results dropped by repair() (torn, duplicate, images lost)
 
     # -- creation / resume -----------------------------------------------------------------------
     @classmethod
@@ -77,13 +112,90 @@ class RunRecord:
         return rec
 
     @classmethod
+    def create_with_manifest(cls, output_dir: str | Path, name: str, recipe: dict, seed: int, device: str,
+                             extra: dict | None = None) -> "RunRecord":
+        """A new, locked run folder that has its manifest from the moment it has its name."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = Path(output_dir)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{name}-{stamp}.", suffix=".partial", dir=out))
+        except OSError as e:
+            raise RunFolderError(f"cannot create a run folder in {str(out)!r}: {e.strerror or e}") from None
+        rec = cls(tmp)
+        rec.images.mkdir()
+        rec.lock()
+        rec.write_manifest(recipe, seed, device, extra)
+        base = out / f"{name}-{stamp}"
+        run_dir, k = base, 1
+        while True:
+            # rename() replaces an empty folder and refuses a full one; a name taken (two runs
+            # started in one second) moves on to -1, -2, ...
+            if not run_dir.exists():
+                try:
+                    os.rename(tmp, run_dir)
+                    break
+                except OSError:
+                    if not run_dir.exists():
+                        raise
+            run_dir, k = Path(f"{base}-{k}"), k + 1
+        fd = rec._lock_fd  # the flock belongs to the open file, which the rename does not touch
+        rec.__init__(run_dir)
+        rec._lock_fd = fd
+        return rec
+
+    @classmethod
     def open(cls, run_dir: str | Path) -> "RunRecord":
+        """Open a run folder to resume it: checked, locked, and repaired."""
         rec = cls(run_dir)
+        if not rec.dir.is_dir():
+            raise RunFolderError(f"{run_dir}: no such run folder")
         if not rec.manifest_path.is_file():
-            raise FileNotFoundError(f"{run_dir} is not a milr run folder (no manifest.json)")
+            raise RunFolderError(
+                f"{run_dir}: not a milr run folder (no manifest.json); a run killed before its manifest was written "
+                "ran nothing: start it again with `milr run RECIPE`")
+        try:
+            manifest = rec.manifest()
+        except (OSError, ValueError, RecursionError) as e:
+            raise RunFolderError(f"{rec.manifest_path}: damaged manifest ({e}); the run cannot be resumed") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("recipe"), dict):
+            raise RunFolderError(f"{rec.manifest_path}: damaged manifest (no recipe); the run cannot be resumed")
+        rec.lock()
         rec.images.mkdir(exist_ok=True)
         rec.repair()
         return rec
+
+    def lock(self) -> None:
+        """Take the folder's exclusive lock, or fail at once if another process holds it."""
+        if fcntl is None or self._lock_fd is not None:
+            return
+        try:
+            fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunFolderError(f"{self.dir}: cannot create its lock file: {e.strerror or e}") from None
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        if key in _HELD:  # this process holds it already (a resume after an error in the same process)
+            os.close(fd)
+            self._lock_fd = _HELD[key]
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunFolderError(f"{self.dir}: in use by another milr process (pid {holder}); wait for it to finish") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = _HELD[key] = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            for key, fd in list(_HELD.items()):
+                if fd == self._lock_fd:
+                    del _HELD[key]
+                    os.close(fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
 
     def write_manifest(self, recipe: dict, seed: int, device: str, extra: dict | None = None) -> None:
         manifest = {
@@ -97,12 +209,18 @@ class RunRecord:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         manifest.update(extra or {})
-        tmp = self.manifest_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, default=str))
-        os.replace(tmp, self.manifest_path)
+        if "oracle" not in manifest:
+            manifest.update(oracle_fields(recipe))
+        _atomic_write(self.manifest_path, json.dumps(strict_json(manifest), indent=2, default=str, allow_nan=False))
 
     def manifest(self) -> dict:
         return json.loads(self.manifest_path.read_text())
+
+    def oracle(self):
+        """The run's :class:`milr.benchmarks.oracle.OracleVerdict`, from its manifest."""
+        from milr.benchmarks.oracle import OracleVerdict
+
+        return OracleVerdict.from_manifest(self.manifest())
 
     # -- results ------------------------------------------------------------------------------
     def repair(self) -> int:
@@ -112,11 +230,20 @@ class RunRecord:
         data = self.results_path.read_bytes()
         keep = data.rfind(b"\n") + 1
         good = bytearray()
+        seen: set[str] = set()
         for line in data[:keep].splitlines(keepends=True):
             try:
-                json.loads(line)
-            except json.JSONDecodeError:
+                r = json.loads(line)
+                rid = str(r["id"])
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, RecursionError):
                 continue  # a line garbled by a crash is dropped; that prompt is redone
+            if rid in seen:
+                self.dropped.append(rid)
+                continue  # a doubled line (never written under the lock, but old folders may have one)
+            if not self._images_ok(r):
+                self.dropped.append(rid)
+                continue  # its images were deleted or truncated: that prompt is redone
+            seen.add(rid)
             good += line
         if len(good) != len(data):
             tmp = self.results_path.with_suffix(".tmp")
@@ -133,11 +260,31 @@ class RunRecord:
                 out.append(json.loads(line))
         return out
 
+    def _images_ok(self, result: dict) -> bool:
+        """Whether a result's initial and final images exist and decode."""
+        from PIL import Image
+
+        images = result.get("images") if isinstance(result, dict) else None
+        if images is None:
+            return True  # a line that never named images (written by hand or by a test)
+        if not isinstance(images, dict):
+            return False
+        for k in ("initial", "final"):
+            path = images.get(k)
+            if not isinstance(path, str):
+                return False
+            try:
+                with Image.open(self.dir / path) as im:
+                    im.load()
+            except Exception:  # missing, truncated, not an image: PIL raises many kinds
+                return False
+        return True
+
     def done_ids(self) -> set[str]:
         return {r["id"] for r in self.results()}
 
     def append(self, result: dict) -> None:
-        line = (json.dumps(result, default=_json_default) + "\n").encode()
+        line = (json.dumps(strict_json(result), default=_json_default, allow_nan=False) + "\n").encode()
         fd = os.open(self.results_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line)
@@ -165,12 +312,15 @@ class RunRecord:
 
     def write_summary(self) -> str:
         summary = self.summarize()
-        (self.dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        _atomic_write(self.dir / "summary.json", json.dumps(strict_json(summary), indent=2, allow_nan=False))
         from milr.diagnostics import hacking_report, write_curves
 
         results = self.results()
         # The table, then whether the search reward rose while a held-out critic fell.
         table = format_summary(summary) + "\n\n" + hacking_report(results)
+        header = self.oracle().header() if self.manifest_path.is_file() else None
+        if header:  # an oracle run says so above its numbers
+            table = header + "\n\n" + table
         (self.dir / "summary.md").write_text(table + "\n")
         self.write_grid()
         write_curves(self.dir, results)
@@ -194,13 +344,39 @@ class RunRecord:
             for j, p in enumerate(paths):
                 img = Image.open(p).convert("RGB").resize((cell, cell), Image.NEAREST)
                 grid.paste(img, (j * cell, i * cell))
-            text = f"{r['prompt']}\nreward {r['initial']['reward']:.3f} -> {r['final']['reward']:.3f}"
+            text = f"{r['prompt']}\nreward {_fmt(r['initial']['reward'], 3)} -> {_fmt(r['final']['reward'], 3)}"
             for k, v in (r["final"].get("eval") or {}).items():
-                text += f"\n{k}: {r['initial']['eval'].get(k, float('nan')):.2f} -> {v:.2f}"
+                text += f"\n{k}: {_fmt(r['initial']['eval'].get(k), 2)} -> {_fmt(v, 2)}"
             draw.text((2 * cell + 8, i * cell + 8), text, fill="black")
         path = self.dir / "grid.png"
         grid.save(path)
         return path
+
+
+def _fmt(x: Any, digits: int) -> str:
+    """A score for display; a skipped (non-finite, stored as null) one shows as n/a."""
+    return f"{x:.{digits}f}" if isinstance(x, (int, float)) else "n/a"
+
+
+def strict_json(o: Any) -> Any:
+    """``o`` with every non-finite float replaced by None, for strict JSON (RFC 8259 has no NaN)."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: strict_json(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [strict_json(v) for v in o]
+    return o
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write a whole file or nothing: temp file in the same folder, fsync, ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _json_default(o: Any) -> Any:

@@ -30,9 +30,30 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from typing import Any, Callable, Iterable
+
+from milr.errors import UserError
+
+# Import paths in recipes ("pkg.module:Class") are code the recipe makes us import. Commands that
+# only inspect a recipe (show, --dry-run) turn this off unless the user passes --allow-imports;
+# running a recipe is trusting it, as with LightningCLI's ``class_path``.
+_IMPORT_PATHS_ALLOWED = True
+
+
+def allow_import_paths(allowed: bool) -> bool:
+    """Allow or forbid importing components named by import path; returns the previous setting."""
+    global _IMPORT_PATHS_ALLOWED
+    previous, _IMPORT_PATHS_ALLOWED = _IMPORT_PATHS_ALLOWED, bool(allowed)
+    return previous
+
+
+class ComponentTrustError(UserError):
+    """An import path that may not be imported now, or that names the wrong kind of object."""
+
+    kind = "component"
 
 
 class UnknownComponentError(KeyError):
@@ -69,8 +90,9 @@ class _Entry:
 class Registry:
     """A name -> component mapping with lazy import and entry-point plugins."""
 
-    def __init__(self, kind: str, entry_point_group: str, index_module: str | None = None):
+    def __init__(self, kind: str, entry_point_group: str, index_module: str | None = None, interface: str | None = None):
         self.kind = kind
+        self.interface = interface  # "module:Class" an import-path component must subclass
         self.entry_point_group = entry_point_group
         self.index_module = index_module  # declares the built-ins; imported on first lookup
         self._entries: dict[str, _Entry] = {}
@@ -147,9 +169,18 @@ class Registry:
     def get(self, name: str) -> Any:
         """The component class or factory registered under ``name``; imports it if needed."""
         key = self.resolve_name(name)
-        if _is_import_path(key) and key not in self._entries:
-            self._entries[key] = _Entry(name=key, target=key, source="import-path")
-        entry = self._entries[key]
+        entry = self._entries.get(key) or _Entry(name=key, target=key, source="import-path")
+        if entry.obj is None and entry.source == "import-path":
+            if not _IMPORT_PATHS_ALLOWED:
+                raise ComponentTrustError(
+                    f"{self.kind} {key!r} is an import path; this command imports nothing a recipe names "
+                    "(recipes are code) -- pass --allow-imports if you trust the recipe")
+            obj = _import_target(key)
+            self._check_interface(key, obj)
+            self._entries[key] = entry
+            entry.obj = obj
+            if getattr(obj, "registry_name", None) is None:
+                obj.registry_name = key
         if entry.obj is None:
             entry.obj = _import_target(entry.target)
             try:
@@ -160,6 +191,21 @@ class Registry:
         if entry.card is None:
             entry.card = getattr(entry.obj, "card", None)
         return entry.obj
+
+    def _check_interface(self, key: str, obj: Any) -> None:
+        """An import path must name a subclass of this registry's interface (never, say, ``os:system``)."""
+        if self.interface is None:
+            if not callable(obj):
+                raise ComponentTrustError(f"{self.kind} {key!r} is not callable")
+            return
+        base = _import_target(self.interface)
+        if isinstance(obj, type) and issubclass(obj, base) and inspect.isabstract(obj):
+            raise ComponentTrustError(f"{self.kind} {key!r} is abstract (it leaves methods unimplemented)")
+        if not (isinstance(obj, type) and issubclass(obj, base)):
+            what = f"class {obj.__name__}" if isinstance(obj, type) else type(obj).__name__
+            raise ComponentTrustError(
+                f"{self.kind} {key!r} is a {what}, not a subclass of {self.interface.replace(':', '.')}; "
+                f"an import path must name a {base.__name__} class")
 
     def card(self, name: str) -> Any:
         """The component's card, without importing it when the index declares one."""
@@ -179,16 +225,24 @@ def _is_import_path(name: str) -> bool:
 
 def _import_target(target: str) -> Any:
     module_name, _, attr = target.partition(":")
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise
+    except (TypeError, ValueError) as e:  # relative or malformed module names
+        raise ImportError(f"bad module name {module_name!r}: {e}") from None
     obj: Any = module
     for part in attr.split("."):
-        obj = getattr(obj, part)
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ImportError(f"module {module_name!r} has no attribute {attr!r}") from None
     return obj
 
 
-CRITICS = Registry("critic", "milr.critics", "milr.critics")
-SEARCHES = Registry("search", "milr.search", "milr.search")
-MODELS = Registry("model", "milr.models", "milr.models")
+CRITICS = Registry("critic", "milr.critics", "milr.critics", "milr.interfaces:Critic")
+SEARCHES = Registry("search", "milr.search", "milr.search", "milr.interfaces:Search")
+MODELS = Registry("model", "milr.models", "milr.models", "milr.interfaces:MUGModel")
 SUITES = Registry("prompt suite", "milr.suites", "milr.suites")
 
 

@@ -9,18 +9,22 @@ Results are appended as each prompt finishes, so a killed run resumes where it s
 from __future__ import annotations
 
 import inspect
+import math
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from milr.interfaces import Budget, BudgetLedger, Critic, Task
-from milr.recipe import Recipe, RecipeError, load_recipe
+from milr.errors import NonFiniteError, RunFolderError
+from milr.recipe import Recipe, RecipeError, load_recipe, preflight
 from milr.records import RunRecord, format_summary
 from milr.registry import CRITICS, MODELS, SEARCHES
 
 
 def _accepts(obj: Any, name: str) -> bool:
+    if inspect.isclass(obj) and obj.__init__ is object.__init__:
+        return False  # no constructor of its own: object's (*args, **kwargs) accepts nothing
     fn = obj.__init__ if inspect.isclass(obj) else obj
     try:
         params = inspect.signature(fn).parameters
@@ -120,8 +124,53 @@ def _score(critic: Critic, images, task: Task, ledger: Optional[BudgetLedger] = 
     return r.detach().float().cpu()
 
 
+def _culprit(critic: Critic, images, task: Task) -> str:
+    """The member of an ensemble that returned a non-finite score (the critic itself otherwise)."""
+    import torch
+
+    for name, member in zip(getattr(critic, "names", None) or [], getattr(critic, "members", None) or []):
+        try:
+            if not bool(torch.isfinite(_score(member, images, task)).all()):
+                return f"{name}' (in the ensemble '{critic.name}"
+        except Exception:  # the member fails on its own: it is the culprit either way
+            return f"{name}' (in the ensemble '{critic.name}"
+    return critic.name
+
+
+def finite_rewards(rewards, candidates: list, critic: Critic, images, task: Task, on_nonfinite: str,
+                   ledger: BudgetLedger):
+    """Rewards with no NaN/inf: an error naming the critic, or (``skip``) such candidates dropped.
+
+    A dropped candidate is flagged ``info["nonfinite"]`` (so it is never returned as best) and its
+    reward set to the lowest finite reward seen so far for this prompt (0 if none), so a search's
+    update treats it as the worst sample rather than receiving a NaN; ``ledger.skipped_nonfinite``
+    counts them.
+    """
+    import torch
+
+    bad = ~torch.isfinite(rewards)
+    ok = rewards[~bad]
+    if len(ok):
+        ledger.min_finite_reward = min(float(ok.min()), getattr(ledger, "min_finite_reward", float("inf")))
+    if not bool(bad.any()):
+        return rewards
+    if on_nonfinite != "skip":
+        name = _culprit(critic, images[bad], task)
+        raise NonFiniteError(
+            f"critic '{name}' returned {float(rewards[bad][0])} for prompt {task.id!r} ({int(bad.sum())} of "
+            f"{len(rewards)} candidates); fix the critic, or set run.on_nonfinite: skip to drop such candidates")
+    ledger.skipped_nonfinite = getattr(ledger, "skipped_nonfinite", 0) + int(bad.sum())
+    floor = getattr(ledger, "min_finite_reward", float("inf"))
+    out = rewards.clone()
+    out[bad] = floor if floor != float("inf") else 0.0
+    for c, b in zip(candidates, bad.tolist()):
+        if b:
+            c.info["nonfinite"] = True
+    return out
+
+
 def run_task(search, model, critic: Critic, task: Task, budget: Budget, seed: int, on_step: Callable | None = None,
-             guard=None):
+             guard=None, on_nonfinite: str = "error"):
     """The ask/tell loop for one prompt. Returns (initial candidate, initial reward, best, reward, ledger).
 
     ``guard`` (a :class:`milr.diagnostics.Guard`) judges the best-so-far after every step, may stop
@@ -142,9 +191,10 @@ def run_task(search, model, critic: Critic, task: Task, budget: Budget, seed: in
         if not candidates:
             break
         images = torch.stack([c.image for c in candidates])
-        rewards = _score(critic, images, task, ledger)
+        raw = _score(critic, images, task, ledger)
+        rewards = finite_rewards(raw, candidates, critic, images, task, on_nonfinite, ledger)
         if initial is None:
-            initial = (candidates[0], float(rewards[0]))
+            initial = (candidates[0], float(raw[0]))  # NaN when skipped: written as null
         search.tell(candidates, rewards)
         steps += 1
         stop = guard is not None and guard.observe(steps - 1, initial[0], initial[1], *search.best())
@@ -155,6 +205,8 @@ def run_task(search, model, critic: Critic, task: Task, budget: Budget, seed: in
     if initial is None:
         raise RuntimeError(f"search {type(search).__name__} proposed no candidate for prompt {task.prompt!r}")
     best, reward = search.best() if guard is None else guard.returned()
+    if best.info.get("nonfinite"):
+        raise NonFiniteError(f"critic '{critic.name}' gave no finite reward to any candidate for prompt {task.id!r}")
     return initial, best, reward, ledger, steps
 
 
@@ -169,27 +221,41 @@ def run_recipe(
     import torch
     from tqdm.auto import tqdm
 
+    from milr.prompts import tasks_fingerprint
+
     if resume is not None:
-        record = RunRecord.open(resume)
-        if overrides:
-            raise RecipeError(str(resume), "", "overrides cannot be combined with --resume (the run keeps its recipe)")
-        recipe = load_recipe(record.manifest()["recipe"])
+        if overrides or recipe is not None:
+            raise RunFolderError(f"{resume}: --resume continues the run with its own recipe; give no recipe and no "
+                                 "overrides (start a new run to change anything)")
+        record = RunRecord.open(resume)  # checked and locked: a second process stops here
+        manifest = record.manifest()
+        recipe = load_recipe(manifest["recipe"])
+        tasks = preflight(recipe)
+        want = (manifest.get("prompt_source") or {}).get("sha256")
+        if want is not None and want != tasks_fingerprint(tasks):
+            raise RunFolderError(f"{resume}: the prompts changed since the run started "
+                                 f"({manifest['prompt_source'].get('source')}); start a new run")
+        if record.dropped:
+            log(f"milr: {len(record.dropped)} finished prompt(s) lost their images or were doubled; redoing: "
+                + ", ".join(record.dropped[:5]) + (" ..." if len(record.dropped) > 5 else ""))
+        device = resolve_device(recipe.run.device)
     else:
         if not isinstance(recipe, Recipe):
             recipe = load_recipe(recipe, overrides)
+        tasks = preflight(recipe)  # every user error surfaces here, before a folder or a weight exists
         name = recipe.run.name or (Path(recipe.source).stem if recipe.source else "run")
-        record = RunRecord.create(recipe.run.output_dir, name)
-    from milr.prompts import load_tasks
-
-    tasks = load_tasks(recipe.prompts, recipe.source)
-    device = resolve_device(recipe.run.device)
-    if resume is None:
-        record.write_manifest(recipe.to_dict(), recipe.run.seed, device, {"prompts": len(tasks)})
+        device = resolve_device(recipe.run.device)
+        p = recipe.prompts
+        source = p.file or (f"suite {p.suite} split {p.split}" if p.suite else "inline")
+        record = RunRecord.create_with_manifest(
+            recipe.run.output_dir, name, recipe.to_dict(), recipe.run.seed, device,
+            {"prompts": len(tasks), "prompt_source": {"source": source, "sha256": tasks_fingerprint(tasks)}})
     done = record.done_ids()
     todo = [t for t in tasks if t.id not in done]
     log(f"milr: run folder {record.dir} ({len(todo)} of {len(tasks)} prompts to do)")
     if not todo:
         log(record.write_summary())
+        record.unlock()
         return record.dir
 
     if recipe.run.threads:
@@ -228,11 +294,16 @@ def run_recipe(
                 step_images.append(record.save_image(candidates[i].image, f"steps/{task.index:05d}_{step:03d}.png"))
 
         seed = recipe.run.seed * 1_000_003 + task.seed
-        initial, best, reward, ledger, steps = run_task(search, model, critic, task, budget, seed, on_step, guard)
+        initial, best, reward, ledger, steps = run_task(search, model, critic, task, budget, seed, on_step, guard,
+                                                        on_nonfinite=recipe.run.on_nonfinite)
         step_bar.close()
         both = __import__("torch").stack([initial[0].image, best.image])
         scores = {k: _score(c, both, task).tolist() for k, c in members.items()}
         evals_s = {k: _score(c, both, task).tolist() for k, c in evals.items()}
+        for k, v in {**scores, **evals_s}.items():  # NaN here is written as null when skipping
+            if recipe.run.on_nonfinite != "skip" and not all(math.isfinite(x) for x in v):
+                raise NonFiniteError(f"critic {k!r} returned {v} for prompt {task.id!r}; fix the critic, "
+                                     "or set run.on_nonfinite: skip")
         result = {
             "index": task.index,
             "id": task.id,
@@ -243,6 +314,7 @@ def run_recipe(
             "final": {"reward": reward, "scores": {k: v[1] for k, v in scores.items()},
                       "eval": {k: v[1] for k, v in evals_s.items()}, "text": best.text, "step": best.step},
             "steps": steps,
+            "skipped_nonfinite": getattr(ledger, "skipped_nonfinite", 0),
             "budget": ledger.snapshot(),
             "seconds": round(time.perf_counter() - t0, 4),
             "trace": getattr(search, "trace", []),
@@ -258,4 +330,5 @@ def run_recipe(
         bar.set_postfix(reward=f"{reward:.3f}")
     table = record.write_summary()
     log(table)
+    record.unlock()
     return record.dir

@@ -124,7 +124,7 @@ def test_resume_of_finished_run_does_nothing(tmp_path):
 
 
 def test_cli_dry_run_loads_nothing(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "milr.cli", "run", str(recipe(tmp_path)), "--dry-run", "search.n=3"],
+    out = subprocess.run([sys.executable, "-m", "milr.cli", "run", str(recipe(tmp_path)), "--dry-run", "--allow-imports", "search.n=3"],
                          env=env_with_tests(), capture_output=True, text=True, check=True)
     assert "n: 3" in out.stdout and "8 prompts" in out.stdout
     assert not (tmp_path / "runs").exists()
@@ -138,7 +138,7 @@ def test_cli_reports_recipe_errors(tmp_path):
 
 
 def test_cli_show(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "milr.cli", "show", str(recipe(tmp_path)), "run.seed=11"],
+    out = subprocess.run([sys.executable, "-m", "milr.cli", "show", str(recipe(tmp_path)), "--allow-imports", "run.seed=11"],
                          env=env_with_tests(), capture_output=True, text=True, check=True)
     shown = yaml.safe_load(out.stdout)
     assert shown["run"]["seed"] == 11 and shown["search"]["name"] == "best_of_n"

@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import torch
 
@@ -117,8 +117,8 @@ class APIJudge(YesNoJudge):
         base_url: str = "https://api.openai.com/v1",
         model_name: str = "gpt-4o-mini",
         api_key_env: str | None = "OPENAI_API_KEY",
-        questions: str = "auto",
-        combine: str = "product",
+        questions: Literal["prompt", "decomposed", "auto"] = "auto",
+        combine: Literal["product", "mean"] = "product",
         prompt_templates: Mapping[str, str] | None = None,
         clause_templates: Mapping[str, str] | None = None,
         normalize: bool = True,

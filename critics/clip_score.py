@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Literal, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -303,7 +303,7 @@ class CLIPScore(Critic):
         self,
         arch: str = "ViT-B-32",
         pretrained: Optional[str] = None,
-        variant: str = "cosine",
+        variant: Literal["cosine", "clipscore"] = "cosine",
         batch_size: int = 32,
         requires_grad: bool = False,
         device: str = "cpu",

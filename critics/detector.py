@@ -46,7 +46,7 @@ import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Literal, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -264,9 +264,9 @@ class DetectorCritic(Critic):
         self,
         weights: Any,
         class_map: Union[str, Mapping[str, Optional[str]], None] = None,
-        mode: str = "binary",
+        mode: Literal["binary", "partial"] = "binary",
         partial_weight: float = 0.5,
-        colors: str = "clip",
+        colors: Literal["clip", "palette"] = "clip",
         clip_arch: str = "ViT-L-14",
         clip_pretrained: Optional[str] = "openai",
         palette: Union[str, Mapping[str, Sequence[int]], None] = None,

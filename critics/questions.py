@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Literal, Mapping, Sequence
 
 from milr.interfaces import Critic
 
@@ -186,8 +186,8 @@ class YesNoJudge(Critic):
 
     def __init__(
         self,
-        questions: str = "auto",
-        combine: str = "product",
+        questions: Literal["prompt", "decomposed", "auto"] = "auto",
+        combine: Literal["product", "mean"] = "product",
         prompt_templates: Mapping[str, str] | None = None,
         clause_templates: Mapping[str, str] | None = None,
     ):

@@ -11,7 +11,7 @@ instead of a parsed pass/fail.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Literal, Mapping
 
 import torch
 
@@ -35,8 +35,8 @@ class SelfJudge(YesNoJudge):
     def __init__(
         self,
         model: MUGModel,
-        questions: str = "auto",
-        combine: str = "product",
+        questions: Literal["prompt", "decomposed", "auto"] = "auto",
+        combine: Literal["product", "mean"] = "product",
         prompt_templates: Mapping[str, str] | None = None,
         clause_templates: Mapping[str, str] | None = None,
         batch_size: int = 16,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Literal, Mapping, Sequence
 
 import torch
 
@@ -95,8 +95,8 @@ class VLMJudge(YesNoJudge):
     def __init__(
         self,
         checkpoint: str,
-        questions: str = "auto",
-        combine: str = "product",
+        questions: Literal["prompt", "decomposed", "auto"] = "auto",
+        combine: Literal["product", "mean"] = "product",
         normalize: bool = True,
         prompt_templates: Mapping[str, str] | None = None,
         clause_templates: Mapping[str, str] | None = None,

@@ -146,6 +146,10 @@ def postprocess(labels: Sequence[int], scores: Sequence[float], masks: Sequence[
     return filter_detections(detections_from_instances(labels, scores, masks, names), tag)
 
 
+def _no_colors(image: np.ndarray, det: Detection) -> str:
+    raise ValueError("geneval: this prompt asks for a colour but the critic was built with `colors: none`")
+
+
 @CRITICS.register("geneval")
 class GenEvalCritic(DetectorCritic):
     """GenEval's verdict on Mask2Former detections and CLIP colours; reward in [0, 1].
@@ -156,6 +160,8 @@ class GenEvalCritic(DetectorCritic):
         class_map: ``"geneval"`` (class i -> object_names.txt line i), ``"names"`` or a mapping.
         mode / partial_weight: ``binary`` is GenEval's pass/fail; ``partial`` gives failed images
             ``partial_weight`` x the fraction of sub-checks passed (a dense signal for search).
+        colors: ``clip`` (GenEval's classifier) or ``none`` (boxes only, e.g. for ``t2i_spatial``: no
+            CLIP is loaded and a prompt asking for a colour is an error).
         clip_arch / clip_pretrained: the colour classifier's open_clip model (GenEval: ViT-L-14, openai).
         top_k / mask_threshold: the instance read-out (100 and 0.5 as mmdet's Mask2Former).
         batch_size: images per Mask2Former forward pass.
@@ -167,6 +173,7 @@ class GenEvalCritic(DetectorCritic):
         class_map: Union[Literal["geneval", "names"], Mapping[str, Optional[str]]] = "geneval",
         mode: Literal["binary", "partial"] = "binary",
         partial_weight: float = 0.5,
+        colors: Literal["clip", "none"] = "clip",
         clip_arch: str = "ViT-L-14",
         clip_pretrained: Optional[str] = "openai",
         top_k: int = TOP_K,
@@ -187,7 +194,10 @@ class GenEvalCritic(DetectorCritic):
         self.top_k, self.mask_threshold, self.batch_size = int(top_k), float(mask_threshold), int(batch_size)
         self.device = device
         self.dtype = _DTYPES[dtype][1]
-        self.color_classifier = ClipColorClassifier(clip_arch, clip_pretrained, device=device, dtype=dtype)
+        if colors not in ("clip", "none"):
+            raise ValueError(f"geneval: colors must be 'clip' or 'none', got {colors!r}")
+        self.color_classifier = (ClipColorClassifier(clip_arch, clip_pretrained, device=device, dtype=dtype)
+                                 if colors == "clip" else _no_colors)
         from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
 
         with hub_offline():
@@ -199,10 +209,10 @@ class GenEvalCritic(DetectorCritic):
         self.names = {i: n for i, n in self.id_names.items() if n is not None}
         self.class_map = {}
         self.init_args = {"checkpoint": str(checkpoint), "class_map": class_map if isinstance(class_map, str) else dict(class_map),
-                          "mode": mode, "partial_weight": self.partial_weight, "top_k": self.top_k,
+                          "mode": mode, "partial_weight": self.partial_weight, "colors": colors, "top_k": self.top_k,
                           "mask_threshold": self.mask_threshold, "dtype": dtype}
         self._identity = (f"geneval:v{VERSION}:{sorted(self.init_args.items(), key=lambda kv: kv[0])!r}:"
-                          f"w={module_fingerprint(self.segmenter)}:colors={self.color_classifier.fingerprint}")
+                          f"w={module_fingerprint(self.segmenter)}:colors={getattr(self.color_classifier, 'fingerprint', colors)}")
         self._warned: set[str] = set()
         self.last_results = []
 

@@ -161,6 +161,8 @@ def build_detector(detector: Union[str, Mapping[str, Any], Any], device: str, dt
         raise ValueError(f"t2i_spatial: detector spec needs 'name', got keys {sorted(detector)}")
     cls = CRITICS.get(detector["name"])
     args = {k: v for k, v in detector.items() if k != "name"}
+    if detector["name"] == "geneval":
+        args.setdefault("colors", "none")  # boxes only: no colour CLIP to load
     params = inspect.signature(cls.__init__).parameters
     if "device" in params and "device" not in args:
         args["device"] = device

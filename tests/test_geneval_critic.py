@@ -214,3 +214,21 @@ def test_geneval_uncached_checkpoint_fails_at_once(tmp_path, monkeypatch):
     assert "huggingface-cli download facebook/mask2former-swin-small-coco-instance" in msg and "checkpoint: DIR" in msg
     with pytest.raises(FileNotFoundError, match="does not exist"):
         CRITICS.get("geneval")(checkpoint=str(tmp_path / "no-such-folder"))
+
+
+def test_geneval_boxes_only_as_t2i_spatial_detector(tmp_path, monkeypatch):
+    """t2i_spatial builds geneval without a colour CLIP and measures its boxes in UniDet's frame."""
+    build_tiny_mask2former(tmp_path / "m2f", COCO)
+    spatial = CRITICS.get("t2i_spatial")(detector={"name": "geneval", "checkpoint": str(tmp_path / "m2f"), "top_k": 5})
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    raw, scaled = spatial.detector.detect(x)[0], spatial.detect(x)[0]
+    assert len(raw) == len(scaled) == 5
+    for r, s in zip(raw, scaled):
+        assert s.box == pytest.approx(tuple(v * 479 / 64 for v in r.box)) and s.score == r.score
+    assert spatial.score(x, ["a cat near a dog"]).shape == (1,)
+    geneval = spatial.detector
+    monkeypatch.setattr(geneval, "_detect", lambda arr: [detections_from_instances([CAT], [0.9], [mask(64, 64, [(1, 1)])],
+                                                                                  GENEVAL_NAMES)])
+    red = {"tag": "colors", "include": [{"class": "cat", "count": 1, "color": "red"}]}
+    with pytest.raises(ValueError, match="colors: none"):
+        geneval.score(x, ["a photo of a red cat"], [red])

@@ -58,6 +58,7 @@ a gate, ``last_accepted`` which rows kept their own combined score.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
 import json
@@ -217,8 +218,8 @@ class Ensemble(Critic):
             normalize = per
         combine = {"mode": mode, "normalize": normalize, "reference": reference, "gates": gates,
                    "cascade": cascade, "gate": gate, "kappa": kappa}
-        combine = {k: (dict(v) if isinstance(v, Mapping) and k != "reference" else v)
-                   for k, v in combine.items() if v is not None}
+        # A copy (the image-set reference aside): validation writes resolved reference paths into it.
+        combine = {k: (copy.deepcopy(v) if k != "reference" else v) for k, v in combine.items() if v is not None}
         problems = validate_combine(combine, self.names, weights=self.weights, prefix="ensemble")
         if problems:
             raise ValueError("; ".join(f"{path}: {problem}" for path, problem in problems))

@@ -181,8 +181,9 @@ CRITICS.register_lazy(
         weights="checkpoint: facebook/mask2former-swin-small-coco-instance (must be cached) or a local Mask2Former "
         "folder; open_clip ViT-L-14/openai for colours (must be cached, or local files)",
         reference="GenEval, Ghosh et al. 2023 (arXiv 2310.11513); Mask2Former, Cheng et al. 2022 (arXiv 2112.01527)",
-        extra={"differences from GenEval": "transformers' image processor resizes instead of mmdet's test pipeline; "
-               "scores near the 0.3/0.9 cuts can differ", "benchmark": "geneval (its evaluation scorer)"},
+        extra={"differences from GenEval": "mmdet's test resize (1333, 800) and read-out redone in torch (bilinear "
+               "details differ from OpenCV's); scores very near the 0.3/0.9 cuts can differ",
+               "benchmark": "geneval (its evaluation scorer)"},
     ),
 )
 CRITICS.register_lazy(

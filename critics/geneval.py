@@ -23,9 +23,15 @@ Pipeline per image:
    colours (the ``detector`` critic's classifier, reused).
 5. GenEval's per-image rules (:func:`milr.geneval.evaluate`).
 
-Known differences from the official evaluator: transformers' image processor (the checkpoint's
-``preprocessor_config.json``) resizes instead of mmdet's test pipeline, so scores near the 0.3/0.9
-cuts can differ; open_clip's tensor preprocessing of the crop instead of PIL's (interpolation details).
+Input: as mmdet's Mask2Former test pipeline (``test_scale=(1333, 800)``): resize keeping the aspect
+ratio so the long side is at most 1333 and the short side at most 800 (bilinear), normalise with the
+checkpoint's mean/std, pad to a multiple of 32; mask logits are upsampled to the padded input, cropped
+to the image and resized to its original size. ``test_scale: null`` uses the checkpoint's own image
+processor instead.
+
+Known differences from the official evaluator: torch's bilinear resize instead of OpenCV's, and
+open_clip's tensor preprocessing of the colour crop instead of PIL's (interpolation details), so
+scores very near the 0.3/0.9 cuts can differ.
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ VERSION = "1"
 DEFAULT_CHECKPOINT = "facebook/mask2former-swin-small-coco-instance"
 TOP_K = 100  # mmdet's Mask2Former test_cfg max_per_image
 MASK_THRESHOLD = 0.5  # sigmoid cut of the mask logits
+TEST_SCALE = (1333, 800)  # mmdet's Mask2Former test pipeline: Resize(img_scale=(1333, 800), keep_ratio=True)
+SIZE_DIVISOR = 32  # ... then Pad(size_divisor=32)
 # Other spellings of COCO names a checkpoint may use -> GenEval's object_names.txt.
 COCO_ALIASES = {**YOLO_COCO_TO_GENEVAL, "tvmonitor": "tv", "tv monitor": "tv", "sofa": "couch", "aeroplane": "airplane",
                 "motorbike": "motorcycle", "diningtable": "dining table", "pottedplant": "potted plant",
@@ -164,6 +172,8 @@ class GenEvalCritic(DetectorCritic):
             CLIP is loaded and a prompt asking for a colour is an error).
         clip_arch / clip_pretrained: the colour classifier's open_clip model (GenEval: ViT-L-14, openai).
         top_k / mask_threshold: the instance read-out (100 and 0.5 as mmdet's Mask2Former).
+        test_scale: ``(long, short)`` resize bounds of mmdet's test pipeline, or ``None`` for the
+            checkpoint's image processor.
         batch_size: images per Mask2Former forward pass.
     """
 
@@ -178,6 +188,7 @@ class GenEvalCritic(DetectorCritic):
         clip_pretrained: Optional[str] = "openai",
         top_k: int = TOP_K,
         mask_threshold: float = MASK_THRESHOLD,
+        test_scale: Optional[tuple[int, int]] = TEST_SCALE,
         batch_size: int = 4,
         device: str = "cpu",
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
@@ -192,6 +203,9 @@ class GenEvalCritic(DetectorCritic):
         path, _ = resolve_pretrained(checkpoint)
         self.mode, self.partial_weight = mode, float(partial_weight)
         self.top_k, self.mask_threshold, self.batch_size = int(top_k), float(mask_threshold), int(batch_size)
+        if test_scale is not None and (len(test_scale) != 2 or min(test_scale) < 32):
+            raise ValueError(f"geneval: test_scale must be [long, short] (>= 32 each) or null, got {test_scale}")
+        self.test_scale = None if test_scale is None else (int(test_scale[0]), int(test_scale[1]))
         self.device = device
         self.dtype = _DTYPES[dtype][1]
         if colors not in ("clip", "none"):
@@ -210,7 +224,7 @@ class GenEvalCritic(DetectorCritic):
         self.class_map = {}
         self.init_args = {"checkpoint": str(checkpoint), "class_map": class_map if isinstance(class_map, str) else dict(class_map),
                           "mode": mode, "partial_weight": self.partial_weight, "colors": colors, "top_k": self.top_k,
-                          "mask_threshold": self.mask_threshold, "dtype": dtype}
+                          "mask_threshold": self.mask_threshold, "test_scale": self.test_scale, "dtype": dtype}
         self._identity = (f"geneval:v{VERSION}:{sorted(self.init_args.items(), key=lambda kv: kv[0])!r}:"
                           f"w={module_fingerprint(self.segmenter)}:colors={getattr(self.color_classifier, 'fingerprint', colors)}")
         self._warned: set[str] = set()
@@ -222,12 +236,11 @@ class GenEvalCritic(DetectorCritic):
         out: list[list[Detection]] = []
         h, w = images.shape[1:3]
         for i in range(0, len(images), self.batch_size):
-            batch = [np.ascontiguousarray(img) for img in images[i : i + self.batch_size]]
-            inputs = self.processor(images=batch, return_tensors="pt")
-            pixels = inputs["pixel_values"].to(self.device, self.dtype)
-            res = self.segmenter(pixel_values=pixels, pixel_mask=inputs.get("pixel_mask", None))
+            batch = images[i : i + self.batch_size]
+            pixels, valid = self.preprocess(batch)
+            pixels = pixels.to(self.device, self.dtype)
+            res = self.segmenter(pixel_values=pixels, pixel_mask=valid.to(self.device))
             size = pixels.shape[-2:]
-            valid = inputs["pixel_mask"] if "pixel_mask" in inputs else torch.ones(len(batch), *size, dtype=torch.long)
             for b in range(len(batch)):
                 labels_scores = res.class_queries_logits[b]
                 logits = F.interpolate(res.masks_queries_logits[b : b + 1].float(), size=size, mode="bilinear",
@@ -239,6 +252,28 @@ class GenEvalCritic(DetectorCritic):
                 out.append(detections_from_instances(labels.tolist(), scores.tolist(), list(masks.cpu().numpy()),
                                                      self.id_names))
         return out
+
+    def preprocess(self, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(pixel_values [B, 3, H', W'], pixel_mask [B, H', W'])`` for ``uint8 [B, H, W, 3]`` images."""
+        if self.test_scale is None:
+            inputs = self.processor(images=[np.ascontiguousarray(img) for img in images], return_tensors="pt")
+            pixels = inputs["pixel_values"]
+            mask = inputs.get("pixel_mask")
+            return pixels, mask if mask is not None else torch.ones(pixels.shape[0], *pixels.shape[-2:], dtype=torch.long)
+        h, w = images.shape[1:3]
+        scale = min(max(self.test_scale) / max(h, w), min(self.test_scale) / min(h, w))
+        nh, nw = int(h * scale + 0.5), int(w * scale + 0.5)
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+        if (nh, nw) != (h, w):
+            x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)
+        mean = torch.tensor(self.processor.image_mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
+        std = torch.tensor(self.processor.image_std, dtype=torch.float32).view(1, 3, 1, 1) * 255
+        x = (x - mean) / std
+        ph, pw = -(-nh // SIZE_DIVISOR) * SIZE_DIVISOR, -(-nw // SIZE_DIVISOR) * SIZE_DIVISOR
+        pixels = F.pad(x, (0, pw - nw, 0, ph - nh))  # zeros after normalising, as mmdet's Pad
+        mask = torch.zeros(len(images), ph, pw, dtype=torch.long)
+        mask[:, :nh, :nw] = 1
+        return pixels, mask
 
     def detect(self, images: torch.Tensor) -> list[list[Detection]]:
         """All read-out detections (before GenEval's filter) of ``[B, 3, H, W]`` images in [0, 1]."""

@@ -163,7 +163,8 @@ def tiny_geneval(tmp_path_factory):
     clip, _, _ = load_open_clip(str(root / "clip.json"), None)
     torch.save(clip.state_dict(), root / "clip.pt")
     critic = CRITICS.get("geneval")(checkpoint=str(root / "m2f"), clip_arch=str(root / "clip.json"),
-                                    clip_pretrained=str(root / "clip.pt"), top_k=12, batch_size=2)
+                                    clip_pretrained=str(root / "clip.pt"), top_k=12, batch_size=2,
+                                    test_scale=(80, 64))
     return critic
 
 
@@ -182,6 +183,20 @@ def test_geneval_critic_reads_tiny_mask2former(tiny_geneval):
     r = tiny_geneval.score(x, ["a photo of a red cat"] * 3, [md] * 3)
     assert r.shape == (3,) and set(r.tolist()) <= {0.0, 1.0}
     assert "geneval:v1" in tiny_geneval.identity()
+
+
+def test_geneval_input_follows_mmdets_test_pipeline(tiny_geneval, monkeypatch):
+    """Resize keeping the ratio within (long, short) bounds, normalise, zero-pad to a multiple of 32."""
+    monkeypatch.setattr(tiny_geneval, "test_scale", (90, 50))
+    img = np.full((1, 40, 60, 3), 200, np.uint8)  # h 40, w 60: scale min(90/60, 50/40) = 1.25 -> 50 x 75
+    pixels, valid = tiny_geneval.preprocess(img)
+    assert pixels.shape == (1, 3, 64, 96) and valid.shape == (1, 64, 96)
+    assert valid[0, :50, :75].all() and valid.sum() == 50 * 75
+    mean, std = tiny_geneval.processor.image_mean, tiny_geneval.processor.image_std  # ImageNet's, in [0, 1] units
+    for c in range(3):
+        expected = (200 - 255 * mean[c]) / (255 * std[c])
+        assert torch.allclose(pixels[0, c, :50, :75], torch.full((50, 75), expected), atol=1e-5)
+    assert (pixels[0, :, 50:, :] == 0).all() and (pixels[0, :, :, 75:] == 0).all()
 
 
 def test_geneval_critic_applies_rules_to_detections(tiny_geneval, monkeypatch):
@@ -219,7 +234,8 @@ def test_geneval_uncached_checkpoint_fails_at_once(tmp_path, monkeypatch):
 def test_geneval_boxes_only_as_t2i_spatial_detector(tmp_path, monkeypatch):
     """t2i_spatial builds geneval without a colour CLIP and measures its boxes in UniDet's frame."""
     build_tiny_mask2former(tmp_path / "m2f", COCO)
-    spatial = CRITICS.get("t2i_spatial")(detector={"name": "geneval", "checkpoint": str(tmp_path / "m2f"), "top_k": 5})
+    spatial = CRITICS.get("t2i_spatial")(detector={"name": "geneval", "checkpoint": str(tmp_path / "m2f"), "top_k": 5,
+                                                   "test_scale": None})  # the checkpoint's own processor
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     raw, scaled = spatial.detector.detect(x)[0], spatial.detect(x)[0]
     assert len(raw) == len(scaled) == 5

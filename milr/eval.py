@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from milr.benchmarks import BENCHMARKS, LAYOUTS, get_benchmark
-from milr.benchmarks.base import PROVENANCE_FILE, Benchmark, BenchmarkError, ImageItem, finite, read_jsonl_prompts, run_items
+from milr.benchmarks.base import PROVENANCE_FILE, Benchmark, BenchmarkError, ImageItem, read_jsonl_prompts, run_items
 from milr.benchmarks.oracle import OracleVerdict
 
 LAYOUT_NAMES = ("run", *LAYOUTS, "prompt-file")
@@ -167,19 +167,18 @@ def choose_benchmark(name: Optional[str], layout: str, hint: Optional[str], item
 # Scoring
 # ---------------------------------------------------------------------------------------------
 def _load(path: Path):
-    import numpy as np
-    import torch
-    from PIL import Image
+    from milr.image_inputs import image_batch
 
     if not path.is_file():
         raise BenchmarkError(f"image {path} does not exist")
-    arr = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1)
+    return image_batch(path)[0]  # 8-bit RGB / 255, as the runner's PNGs hold them
 
 
 def score_items(critics: dict, items: Sequence[ImageItem], batch_size: int = 16) -> dict[str, list[Optional[float]]]:
     """Every critic's score of every image; images are batched by size, in order."""
     import torch
+
+    from milr.diagnostics import finite
 
     scores: dict[str, list[Optional[float]]] = {k: [None] * len(items) for k in critics}
     start = 0
@@ -198,7 +197,7 @@ def score_items(critics: dict, items: Sequence[ImageItem], batch_size: int = 16)
             r = r.detach().float().cpu().reshape(-1)
             if r.numel() != len(part):
                 raise BenchmarkError(f"critic {name!r} returned {r.numel()} scores for {len(part)} images")
-            scores[name][start:start + len(part)] = finite(r.tolist())
+            scores[name][start:start + len(part)] = [finite(x) for x in r.tolist()]
         start += len(batch)
     return scores
 

@@ -129,7 +129,7 @@ def test_images_per_prompt_gives_one_task_per_image_with_its_own_seed_and_id():
     ("janus-pro-7b-t2i-compbench", 1800, "'t2i_blip_vqa' is the evaluation scorer"),
     ("janus-pro-7b-wise", 1000, "'wise_judge' reads the privileged field 'explanation'"),
 ])
-def test_janus_benchmark_recipes_pass_dry_run_without_loading_weights(recipe, n, reason, capsys, monkeypatch):
+def test_janus_benchmark_recipes_pass_dry_run_without_loading_weights(recipe, n, reason, capsys, monkeypatch, tmp_path):
     import milr.runner
 
     def refuse(*a, **k):
@@ -137,9 +137,15 @@ def test_janus_benchmark_recipes_pass_dry_run_without_loading_weights(recipe, n,
 
     monkeypatch.setattr(milr.runner, "build_model", refuse)
     monkeypatch.setattr(milr.runner, "build_critic", refuse)
-    assert main(["run", recipe, "--dry-run"]) == 0
+    # Offline, the dry run's preflight resolves (never loads) the checkpoint: a local folder, as a
+    # user without the hub would give. Its config.json is all the preflight looks for.
+    ckpt = tmp_path / "Janus-Pro-7B"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    assert main(["run", recipe, f"model.checkpoint={ckpt}", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert f"# dry run: recipe valid; {n} prompts; nothing loaded" in out
     assert "# oracle: yes" in out and reason in out
     r = load_recipe(recipe)
     assert r.model.name == "janus-pro" and r.run.device == "cuda"
+    assert r.model.args["checkpoint"] == "deepseek-community/Janus-Pro-7B"  # the paper's model

@@ -86,19 +86,6 @@ def prepare_out(out: Path, force: bool = False) -> Path:
     return out
 
 
-def finite(values: Iterable[Any]) -> list[Optional[float]]:
-    """Scores as floats, NaN/inf as None (strict JSON; an unparsable judge answer is dropped)."""
-    out: list[Optional[float]] = []
-    for v in values:
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            out.append(None)
-            continue
-        out.append(f if math.isfinite(f) else None)
-    return out
-
-
 def _mean(xs: Sequence[float]) -> Optional[float]:
     # Summed in order and divided, as milr.records.summarize does, so an exported run scored
     # back gives bit-identical means.

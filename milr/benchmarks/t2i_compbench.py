@@ -63,13 +63,15 @@ def t2i_compbench_suite(split: str = "val", tags: Optional[list[str]] = None) ->
     for c, category in enumerate(allowed):
         if (tags and category not in tags) or (not tags and category in PLUS_CATEGORIES):
             continue
-        name = "color_val_before_2025-09-03.txt" if (category == "color" and split != "val") else f"{category}_val.txt"
+        old = category == "color" and split != "val"
+        name = "color_val_before_2025-09-03.txt" if old else f"{category}_val.txt"
+        prefix = f"t2i-{category}-pre2025-09" if old else f"t2i-{category}"  # the old file's lines are other prompts
         for i, prompt in enumerate(_lines(name)):
             md = {"tag": category, "category": category, "benchmark": "t2i-compbench", "line": i, "prompt": prompt}
             if category == "complex":
                 md["complex_subset"] = _complex_subsets().get(_match_key(prompt), "spatialaction")  # 3-in-1: "all others" average all three
             # seeds are fixed per (category, line), so a prompt keeps its seed whatever the tag filter
-            items.append({"id": f"t2i-{category}-{i:03d}", "prompt": prompt, "metadata": md, "seed": 10_000 * c + i})
+            items.append({"id": f"{prefix}-{i:03d}", "prompt": prompt, "metadata": md, "seed": 10_000 * c + i})
     return items
 
 

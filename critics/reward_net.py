@@ -144,18 +144,22 @@ class RewardNet(nn.Module):
         c = config
         self.image_size = int(c["image_size"])
         self.backbone = c["backbone"]
-        self.text_kind = c["text_encoder"] if c["backbone"] == "cnn" else "clip"
+        self.text_kind = c["text_encoder"] if c["backbone"] == "cnn" else ("blip" if c["backbone"] == "blip" else "clip")
+        self.head_kind = c.get("head", "mlp")
         self.pp_cfg: dict = {}
-        if self.backbone == "open_clip" or self.text_kind == "clip":
+        if self.backbone == "blip":
+            self.blip = BlipBackbone(_in_folder(c["blip_model"], c), restoring=bool(c.get("_restoring")))
+            self.blip.requires_grad_(bool(c["finetune"]))
+            self.blip.train(bool(c["finetune"]))
+            self.text_context = self.blip.max_tokens
+            tdim = self.blip.out_dim
+        elif self.backbone == "open_clip" or self.text_kind == "clip":
             from milr.critics.clip_score import load_open_clip
 
             # When restoring a checkpoint its weights are loaded afterwards: build the architecture only.
             pretrained = None if c.get("_restoring") else c.get("clip_pretrained")
-            arch = str(c["clip_model"])
-            if c.get("_folder") and not os.path.isabs(arch) and (Path(c["_folder"]) / arch).is_file():
-                arch = str(Path(c["_folder"]) / arch)  # the model config saved inside the checkpoint folder
-            self.clip, self.clip_tokenizer, self.pp_cfg = load_open_clip(arch, pretrained)
-            self.clip_context = int(getattr(self.clip, "context_length", 77) or 77)
+            self.clip, self.clip_tokenizer, self.pp_cfg = load_open_clip(_in_folder(str(c["clip_model"]), c), pretrained)
+            self.clip_context = self.text_context = int(getattr(self.clip, "context_length", 77) or 77)
             for p in self.clip.parameters():
                 p.requires_grad_(bool(c["finetune"]))
             # A frozen tower stays in eval mode (fixed features, no dropout); a fine-tuned one trains.
@@ -170,9 +174,16 @@ class RewardNet(nn.Module):
         if self.backbone == "cnn":
             self.image = FiLMCNN(self.image_size, int(c["width"]), int(c["depth"]), tdim, c.get("stem", "conv"))
             in_dim = self.image.out_dim + tdim
+        elif self.backbone == "blip":
+            in_dim = tdim  # the [CLS] state of the image-grounded text encoder (ImageReward's input to its MLP)
         else:
             in_dim = 3 * tdim  # [image, text, image * text] of unit-norm CLIP embeddings
-        self.head = nn.Sequential(nn.Linear(in_dim, hid), nn.ReLU(), nn.Dropout(float(c["dropout"])), nn.Linear(hid, 1))
+        if self.head_kind != "cosine":  # cosine: the CLIP's own scaled cosine is the reward (HPSv2, PickScore)
+            self.head = nn.Sequential(nn.Linear(in_dim, hid), nn.ReLU(), nn.Dropout(float(c["dropout"])), nn.Linear(hid, 1))
+
+    def save_backbone_files(self, folder: Path) -> list[str]:
+        """Files that describe the backbone's architecture, written into ``folder`` (BLIP only)."""
+        return self.blip.save_files(folder) if self.backbone == "blip" else []
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.text_kind == "clip":
@@ -180,11 +191,15 @@ class RewardNet(nn.Module):
         return self.text(tokens)
 
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
+        if self.text_kind == "blip":
+            return self.blip.tokenize(prompts)
         if self.text_kind == "clip":
             return self.clip_tokenizer(list(prompts))
         return self.tokenizer(prompts)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        if self.backbone == "blip":
+            return self.head(self.blip(images, tokens)).squeeze(-1)
         t = self.encode_text(tokens)
         if self.backbone == "cnn":
             if images.shape[-2:] != (self.image_size, self.image_size):
@@ -195,7 +210,95 @@ class RewardNet(nn.Module):
 
         i = self.clip.encode_image(preprocess_tensor(images, self.pp_cfg)).float()
         i, t = F.normalize(i, dim=-1), F.normalize(t, dim=-1)
+        if self.head_kind == "cosine":
+            return self.clip.logit_scale.exp().float() * (i * t).sum(-1)
         return self.head(torch.cat([i, t, i * t], dim=-1)).squeeze(-1)
+
+
+def _in_folder(ref: str, c: dict) -> str:
+    """A relative backbone reference saved inside a checkpoint folder resolves against that folder."""
+    if c.get("_folder") and not os.path.isabs(ref) and (Path(c["_folder"]) / ref).exists():
+        return str(Path(c["_folder"]) / ref)
+    return ref
+
+
+class BlipBackbone(nn.Module):
+    """A transformers BLIP (Li et al. 2022, arXiv 2201.12086) as ImageReward uses it: the ViT encodes
+    the image, the text encoder reads the prompt while cross-attending to the image; its [CLS]
+    state feeds the reward head.
+
+    ``folder``: a local ``save_pretrained`` folder of ``BlipForImageTextRetrieval`` (or any BLIP with
+    ``vision_model`` and ``text_encoder``) holding its tokenizer (a BERT ``vocab.txt`` is enough).
+    """
+
+    MEAN = (0.48145466, 0.4578275, 0.40821073)  # BLIP's (= OpenAI CLIP's) pixel statistics
+    STD = (0.26862954, 0.26130258, 0.27577711)
+
+    def __init__(self, folder: str, restoring: bool = False, max_tokens: int = 35):
+        super().__init__()
+        from transformers import BlipConfig, BlipForImageTextRetrieval
+
+        path = Path(folder).expanduser()
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model.blip_model: {path} is not a local transformers BLIP folder (no config.json)")
+        if restoring:  # the weights come from the critic's model.safetensors
+            model = BlipForImageTextRetrieval(BlipConfig.from_pretrained(str(path)))
+        else:
+            model = BlipForImageTextRetrieval.from_pretrained(str(path), local_files_only=True)
+        self.vision, self.text = model.vision_model, model.text_encoder
+        self.blip_config = model.config
+        self.image_size = int(model.config.vision_config.image_size)
+        self.out_dim = int(model.config.text_config.hidden_size)
+        self.max_tokens = int(max_tokens)
+        self.tokenizer = self._tokenizer(path)
+        self.source = path
+        self.register_buffer("mean", torch.tensor(self.MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.STD).view(1, 3, 1, 1), persistent=False)
+
+    @staticmethod
+    def _tokenizer(path: Path):
+        if (path / "vocab.txt").is_file():
+            from milr.critics.image_reward import blip_tokenizer
+
+            return blip_tokenizer(path / "vocab.txt")
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+    def save_files(self, folder: Path) -> list[str]:
+        """Config and tokenizer (the architecture; weights travel in the critic's safetensors)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self.blip_config.save_pretrained(str(folder))
+        if (self.source / "vocab.txt").is_file():  # the vocabulary the tokenizer is rebuilt from
+            import shutil
+
+            if (self.source / "vocab.txt").resolve() != (folder / "vocab.txt").resolve():
+                shutil.copyfile(self.source / "vocab.txt", folder / "vocab.txt")
+        else:
+            self.tokenizer.save_pretrained(str(folder))
+        return sorted(p.name for p in folder.iterdir())
+
+    def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
+        """``[B, 2, L]``: token ids and attention mask (one tensor, so batches concatenate as others do)."""
+        enc = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=self.max_tokens, return_tensors="pt")
+        ids = enc["input_ids"]
+        enc_id = getattr(self.tokenizer, "enc_token_id", None)
+        if enc_id is not None:
+            ids = ids.clone()
+            ids[:, 0] = enc_id  # BLIP's image-grounded encoder starts with [ENC], as in ImageReward
+        return torch.stack([ids, enc["attention_mask"]], dim=1)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        s = self.image_size
+        if images.shape[-2:] != (s, s):
+            images = F.interpolate(images, size=(s, s), mode="bicubic", align_corners=False,
+                                   antialias=images.shape[-1] > s).clamp(0, 1)
+        pixels = (images - self.mean.to(images)) / self.std.to(images)
+        image_embeds = self.vision(pixel_values=pixels).last_hidden_state
+        mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
+        out = self.text(input_ids=tokens[:, 0], attention_mask=tokens[:, 1], encoder_hidden_states=image_embeds,
+                        encoder_attention_mask=mask).last_hidden_state
+        return out[:, 0].float()
 
 
 def open_clip_model_cfg(arch: str) -> Optional[dict]:

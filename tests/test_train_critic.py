@@ -433,3 +433,67 @@ def test_cli_config_errors_are_one_line_with_did_you_mean(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("milr: recipe error:") and expect in err[0], err
     assert not (tmp_path / "o").exists()
+
+
+def _tiny_blip(folder):
+    """A random BLIP (transformers BlipForImageTextRetrieval) with a 25-word vocabulary, saved locally."""
+    from transformers import BlipConfig, BlipForImageTextRetrieval
+
+    folder.mkdir(parents=True)
+    words = "a an the photo of red blue green yellow purple circle square triangle cross diamond two three four left right above below and".split()
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    cfg = BlipConfig(text_config=dict(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=32, max_position_embeddings=40, bos_token_id=30, sep_token_id=3),
+                     vision_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                                        image_size=32, patch_size=8),
+                     image_text_hidden_size=16)
+    torch.manual_seed(0)
+    BlipForImageTextRetrieval(cfg).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("variant", ["blip", "blip-finetune", "open_clip-cosine"])
+def test_real_backbones_with_a_preference_head(tmp_path, variant):
+    """BLIP (ImageReward style) and CLIP's scaled cosine (HPSv2/PickScore style), tiny random backbones saved locally."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from milr.critics.clip_score import load_open_clip
+
+    data = write_pairwise(tmp_path / "data", 16, "train", seed=13)
+    if variant.startswith("blip"):
+        src = _tiny_blip(tmp_path / "blip-src")
+        model = {"backbone": "blip", "blip_model": str(src), "head_hidden": 8, "finetune": variant == "blip-finetune"}
+        start = {"blip.text." + k.removeprefix("text_encoder."): v for k, v in load_file(str(src / "model.safetensors")).items()
+                 if k.startswith("text_encoder.")}
+    else:
+        src = tmp_path / "clip-src"
+        src.mkdir()
+        (src / "tiny.json").write_text(json.dumps(TINY_CLIP))
+        clip, _, _ = load_open_clip(str(src / "tiny.json"))
+        save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(src / "clip.safetensors"))
+        model = {"backbone": "open_clip", "clip_model": str(src / "tiny.json"), "clip_pretrained": str(src / "clip.safetensors"),
+                 "head": "cosine", "finetune": True}
+        start = {"clip." + k: v for k, v in clip.state_dict().items()}
+    out = train_critic({"task": "pairwise", "output": str(tmp_path / "out"), "data": {"train": str(data)}, "model": model,
+                        "train": dict(TINY_TRAIN, epochs=1, lr=1e-2, logger="none")})
+    state = load_file(str(out / "model.safetensors"))
+    moved = any(not torch.equal(state[k], v) for k, v in start.items() if k in state and v.is_floating_point())
+    assert moved == (variant != "blip"), "a frozen backbone keeps its weights; a fine-tuned one moves"
+    assert ("head.0.weight" in state) == (variant != "open_clip-cosine")
+    shutil.rmtree(src)  # the checkpoint carries the backbone's architecture (and tokenizer vocabulary)
+    critic = CRITICS.build("trained", path=str(out), requires_grad=True)
+    x = _images(3).requires_grad_(True)
+    s = critic.score(x, ["a photo of a red circle", "a photo of a square", "a photo of two crosses"])
+    assert s.shape == (3,) and torch.isfinite(s).all()
+    s.sum().backward()
+    assert torch.isfinite(x.grad).all() and float(x.grad.abs().sum()) > 0
+
+
+def test_cosine_head_needs_a_fine_tuned_open_clip():
+    from milr.recipe import RecipeError
+
+    with pytest.raises(RecipeError, match="model.head: head cosine"):
+        load_train_recipe({"task": "pairwise", "output": "x", "data": {"train": "a.jsonl"},
+                           "model": {"backbone": "open_clip", "clip_model": "ViT-B-32", "head": "cosine"}})

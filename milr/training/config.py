@@ -214,8 +214,9 @@ def _check(cfg: dict, file: Optional[str]) -> None:
                                  "for backbone open_clip or text_encoder clip")
     if m["backbone"] == "blip" and not m["blip_model"] and not m["init_from"]:
         fail("model.blip_model", "model.blip_model (a local transformers BLIP folder) is required for backbone blip")
-    if m["head"] == "cosine" and m["backbone"] != "open_clip":
-        fail("model.head", "head cosine (HPSv2/PickScore) needs backbone open_clip")
+    if m["head"] == "cosine" and (m["backbone"] != "open_clip" or not m["finetune"]):
+        fail("model.head", "head cosine (HPSv2/PickScore: the CLIP's scaled cosine is the reward) needs backbone "
+                           "open_clip and finetune: true (a frozen CLIP with no head has nothing to train)")
     if task == "contrastive" and not (m["clip_model"] or m["open_clip_config"]):
         fail("model.clip_model", "task contrastive needs model.clip_model (arch/JSON/folder) or model.open_clip_config (a dict)")
     g = d["generate"]

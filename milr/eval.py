@@ -44,6 +44,7 @@ LAYOUT_NAMES = ("run", *LAYOUTS, "prompt-file")
 def parse_critics(text: str) -> tuple[list, Any]:
     """(critic specs, the recipe they came from or None), validated; raises RecipeError."""
     import yaml
+    from pydantic import ValidationError
 
     from milr.recipe import CriticSpec, RecipeError, RecipeErrors, load_recipe, validate_component_args
     from milr.registry import CRITICS
@@ -65,10 +66,9 @@ def parse_critics(text: str) -> tuple[list, Any]:
                 data = yaml.safe_load(path.read_text())
             except yaml.YAMLError as e:
                 raise RecipeError(source, "", f"not valid YAML: {e}") from None
-        if not isinstance(data, list):  # a recipe (file or shipped name)
+        if not isinstance(data, list):  # a recipe (file or shipped name): validated as it loads
             recipe = load_recipe(text)
-            source = recipe.source
-            data = [c.model_dump(exclude_none=True) for c in (recipe.evaluate or recipe.critics)]
+            return list(recipe.evaluate or recipe.critics), recipe
     if not data:
         raise RecipeError(source or "--critics", "", "no critics given (expected a YAML list of {name: ..., ...})")
     specs, errors = [], []
@@ -76,7 +76,13 @@ def parse_critics(text: str) -> tuple[list, Any]:
         if not isinstance(item, dict) or "name" not in item:
             errors.append(RecipeError(source or "--critics", str(i), f"expected a mapping with a 'name', found {item!r}"))
             continue
-        spec = CriticSpec.model_validate(item)
+        try:
+            spec = CriticSpec.model_validate(item)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(x) for x in (i, *err["loc"]))
+            errors.append(RecipeError(source or "--critics", where, f"{err['msg']} (found {err.get('input')!r})"))
+            continue
         errors += validate_component_args(CRITICS, spec, str(i), source or "--critics", reserved=("weight",))
         specs.append(spec)
     if errors:
@@ -89,7 +95,7 @@ def _build(specs: list, recipe: Any, device: str) -> dict:
     import inspect
 
     from milr.registry import CRITICS
-    from milr.runner import build_critic, build_model
+    from milr.runner import build_critic, build_model, critic_labels
 
     needs_model = [s.name for s in specs if "model" in inspect.signature(CRITICS.get(s.name).__init__).parameters]
     model = None
@@ -98,11 +104,8 @@ def _build(specs: list, recipe: Any, device: str) -> dict:
             raise BenchmarkError(f"critic {needs_model[0]!r} scores with a MUG model: pass --critics RECIPE whose "
                                  "model: section names it (its evaluate: critics are used)")
         model = build_model(recipe)
-    critics: dict = {}
-    for i, spec in enumerate(specs):
-        key = spec.name if spec.name not in critics else f"{spec.name}#{i}"
-        critics[key] = build_critic(spec, model, device)
-    return critics
+    # columns named as in a run's results (``as:`` labels, trained critics' folders, ``#i``)
+    return {key: build_critic(spec, model, device) for key, spec in zip(critic_labels(specs), specs)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -205,3 +205,22 @@ def test_training_reports_the_grouped_split_in_the_card(tmp_path):
     split = json.loads((out / "critic.json").read_text())["card"]["extra"]["training_data"]["split"]
     assert split["how"].startswith("grouped") and split["val_sharing_prompt"] == 0
     assert split["groups"] == len({r["prompt"] for r in rows})
+
+
+def test_held_out_test_file_scored_with_the_kept_checkpoint(tmp_path):
+    import milr
+    from milr.training.reward import pairwise_accuracy
+
+    train = write_pairwise(tmp_path / "d", 24, "train", seed=6)
+    test = write_pairwise(tmp_path / "d", 12, "test", seed=7, file_name="test.jsonl")  # TEST-split prompts
+    out = train_critic({"task": "pairwise", "output": str(tmp_path / "t"), "data": {"train": str(train), "test": str(test)},
+                        "model": TINY_MODEL, "train": dict(TINY_TRAIN, epochs=2)})
+    extra = json.loads((out / "critic.json").read_text())["card"]["extra"]
+    assert extra["test"]["n_pairs"] == 12 and extra["test"]["checkpoint"].startswith("kept")
+    # The same figure from the saved critic, the way any critic (a shipped one too) is measured on a file.
+    again = pairwise_accuracy(milr.create_critic(str(out)), str(test))
+    assert again["n_pairs"] == 12 and again["accuracy"] == pytest.approx(extra["test"]["pairwise_accuracy"])
+    assert set(again["by_tag"]) <= {"single_object", "two_object", "counting", "colors", "position", "color_attr"}
+    # The calibration an ensemble can normalise with: mean/std of the critic's scores on validation.
+    assert set(extra["zscore"]) >= {"mean", "std"} and extra["zscore"]["std"] > 0
+    assert extra["zscore"]["mean"] == pytest.approx(extra["calibration"]["all"]["mean"])

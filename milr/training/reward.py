@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -185,4 +185,33 @@ def train_reward(cfg: dict, out: Path, resume: bool = False) -> Path:
     return out
 
 
-__all__ = ["train_reward", "evaluate", "build_net"]
+def pairwise_accuracy(critic: Any, pairs: str, batch_size: int = 256, image_root: Optional[str] = None) -> dict:
+    """Accuracy of any critic on a pairwise file (any format :func:`~milr.training.data.read_table` reads):
+    the share of untied pairs whose chosen image scores higher, overall and per ``tag``/``kind`` column."""
+    from milr.training.data import ImageStore, check_rows, expand_ranked, read_table, register_images
+
+    rows, root = read_table(pairs)
+    store = ImageStore(Path(image_root) if image_root else root, None)
+    register_images(rows, store)
+    rows = [r for r in check_rows(expand_ranked(rows), "pairwise") if not r.get("tie")]
+    hits: list[float] = []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i : i + batch_size]
+        prompts = [r["prompt"] for r in chunk]
+        md = [r.get("metadata") or {} for r in chunk]
+        with torch.no_grad():
+            c = critic.score(torch.stack([store.load(r["chosen"]) for r in chunk]).float() / 255, prompts, md)
+            rj = critic.score(torch.stack([store.load(r["rejected"]) for r in chunk]).float() / 255, prompts, md)
+        hits += ((c > rj).float() + 0.5 * (c == rj).float()).tolist()
+    out: dict = {"n_pairs": len(hits), "accuracy": sum(hits) / max(1, len(hits)), "file": str(pairs)}
+    for col in ("tag", "kind"):
+        groups: dict[str, list[float]] = {}
+        for r, h in zip(rows, hits):
+            if r.get(col) is not None:
+                groups.setdefault(str(r[col]), []).append(h)
+        if groups:
+            out[f"by_{col}"] = {k: sum(v) / len(v) for k, v in sorted(groups.items())}
+    return out
+
+
+__all__ = ["train_reward", "evaluate", "build_net", "pairwise_accuracy"]

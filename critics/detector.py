@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from milr.geneval import Detection, GenEvalResult, evaluate
-from milr.interfaces import Critic
+from milr.interfaces import Critic, given_arg
 from milr.registry import CRITICS
 
 VERSION = "1"
@@ -115,6 +115,30 @@ def resolve_yolo_weights(weights: Union[str, Path]) -> Path:
             f"(shipped: {', '.join(shipped) or 'none installed'}); give a local YOLO .pt"
         )
     return path
+
+
+def detector_card(weights_file: Path) -> dict:
+    """The ``card.json`` beside a detector's weights (``{}`` when there is none)."""
+    import json
+
+    card = Path(weights_file).parent / "card.json"
+    if not Path(weights_file).is_file() or not card.is_file():
+        return {}
+    try:
+        return json.loads(card.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"detector: cannot read {card}: {e}") from None
+
+
+def calibrate(conf: np.ndarray, calibration: Optional[Mapping[str, Any]]) -> np.ndarray:
+    """Platt-scaled confidences ``sigmoid(a * logit(conf) + b)`` (unchanged without a calibration)."""
+    if not calibration:
+        return conf
+    if calibration.get("type") != "platt":
+        raise ValueError(f"detector: unknown calibration type {calibration.get('type')!r} (allowed: platt)")
+    c = np.clip(conf.astype(np.float64), 1e-6, 1 - 1e-6)
+    z = float(calibration["a"]) * np.log(c / (1 - c)) + float(calibration["b"])
+    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
 
 def load_yolo(weights: Union[str, Path]) -> Any:
@@ -260,6 +284,13 @@ class DetectorCritic(Critic):
     :class:`~milr.geneval.GenEvalResult` of every image of the last call (with reasons).
     """
 
+    @classmethod
+    def preflight(cls, args: dict) -> None:
+        """Resolve the weights the recipe names without loading them (called before any load)."""
+        weights = given_arg(cls, args, "weights")
+        if weights is not None:
+            resolve_yolo_weights(weights)
+
     def __init__(
         self,
         weights: Any,
@@ -274,9 +305,11 @@ class DetectorCritic(Critic):
         color_names: Optional[Sequence[str]] = None,
         imgsz: Optional[int] = None,
         conf: float = 0.25,
-        iou: float = 0.7,
+        iou: Optional[float] = None,
         max_det: int = 300,
         device: str = "cpu",
+        agnostic_nms: Optional[bool] = None,
+        calibration: Literal["card", "none"] = "card",
     ):
         if mode not in MODES:
             raise ValueError(f"detector: mode must be one of {MODES}, got {mode!r}")
@@ -291,17 +324,25 @@ class DetectorCritic(Critic):
         elif isinstance(class_map, str):
             raise ValueError(f"detector: class_map must be 'geneval' or a {{detector_name: prompt_name}} mapping, got {class_map!r}")
         self.class_map = dict(class_map or {})
-        self.imgsz, self.conf, self.iou, self.max_det = imgsz, float(conf), float(iou), int(max_det)
+        self.imgsz, self.conf, self.max_det = imgsz, float(conf), int(max_det)
         self.device = device
 
         if isinstance(weights, (str, Path)):
             self.yolo = load_yolo(weights)
             p = resolve_yolo_weights(weights)
+            card = detector_card(p)
             weights_id = file_sha256(p) if p.is_file() else str(weights)
         else:  # a loaded ultralytics model (or a stand-in exposing predict and names)
             ultralytics_offline()
             self.yolo = weights
             weights_id = f"object:{id(weights)}"
+            card = {}
+        # Settings a trained detector's card.json recommends (milr train-detector writes them),
+        # unless the recipe sets them: NMS, and a confidence calibration fitted on labelled scenes.
+        nms = card.get("nms", {})
+        self.iou = float(iou if iou is not None else nms.get("iou", 0.7))
+        self.agnostic_nms = bool(agnostic_nms if agnostic_nms is not None else nms.get("agnostic", False))
+        self.calibration = card.get("calibration") if calibration == "card" else None
         self.names = {int(k): str(v) for k, v in dict(getattr(self.yolo, "names", {}) or {}).items()}
         unknown = set(self.class_map) - set(self.names.values())
         if self.names and unknown and class_map is not YOLO_COCO_TO_GENEVAL:
@@ -326,6 +367,7 @@ class DetectorCritic(Critic):
             "weights": str(weights) if isinstance(weights, (str, Path)) else type(weights).__name__,
             "class_map": self.class_map, "mode": mode, "partial_weight": self.partial_weight, "colors": colors,
             "imgsz": imgsz, "conf": self.conf, "iou": self.iou, "max_det": self.max_det,
+            "agnostic_nms": self.agnostic_nms, "calibration": self.calibration,
         }
         self._identity = (
             f"detector:v{VERSION}:{sorted(self.init_args.items(), key=lambda kv: kv[0])!r}:w={weights_id}:"
@@ -343,7 +385,7 @@ class DetectorCritic(Critic):
         # ultralytics treats numpy input as BGR (OpenCV's order).
         batch = [np.ascontiguousarray(img[..., ::-1]) for img in images]
         kwargs: dict[str, Any] = dict(conf=self.conf, iou=self.iou, max_det=self.max_det, device=self.device,
-                                      verbose=False, retina_masks=True)
+                                      verbose=False, retina_masks=True, agnostic_nms=self.agnostic_nms)
         if self.imgsz is not None:
             kwargs["imgsz"] = self.imgsz
         out: list[list[Detection]] = []
@@ -352,7 +394,7 @@ class DetectorCritic(Critic):
             boxes = res.boxes
             if boxes is not None and len(boxes):
                 xyxy = boxes.xyxy.cpu().numpy()
-                scores = boxes.conf.cpu().numpy()
+                scores = calibrate(boxes.conf.cpu().numpy(), self.calibration)
                 classes = boxes.cls.cpu().numpy().astype(int)
                 masks = res.masks.data.cpu().numpy() > 0.5 if getattr(res, "masks", None) is not None else None
                 for j in range(len(xyxy)):

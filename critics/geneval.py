@@ -36,6 +36,7 @@ scores very near the 0.3/0.9 cuts can differ.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional, Sequence, Union
@@ -44,10 +45,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from milr.critics.clip_score import _DTYPES, hub_offline, module_fingerprint
+from milr.critics.clip_score import _DTYPES, _resolve_tag, hub_offline, module_fingerprint
 from milr.critics.detector import YOLO_COCO_TO_GENEVAL, ClipColorClassifier, DetectorCritic, MaskedDetection
 from milr.critics.vlm_judge import resolve_pretrained
 from milr.geneval import Detection, filter_detections
+from milr.interfaces import given_arg
 from milr.registry import CRITICS
 
 VERSION = "1"
@@ -154,6 +156,19 @@ def postprocess(labels: Sequence[int], scores: Sequence[float], masks: Sequence[
     return filter_detections(detections_from_instances(labels, scores, masks, names), tag)
 
 
+def resolve_clip_weights(arch: str, pretrained: Optional[str]) -> None:
+    """Check open_clip weights are local (a file, or a tag in the cache) without loading them."""
+    if pretrained is None:
+        return
+    path = os.path.expanduser(str(pretrained))
+    if os.path.isfile(path):
+        return
+    if os.path.sep in str(pretrained) or str(pretrained).endswith((".pt", ".pth", ".bin", ".safetensors")):
+        raise FileNotFoundError(f"open_clip checkpoint {pretrained} does not exist")
+    if os.path.sep not in str(arch) and not str(arch).endswith(".json"):  # a built-in architecture and a tag
+        _resolve_tag(str(arch), str(pretrained), None)
+
+
 def _no_colors(image: np.ndarray, det: Detection) -> str:
     raise ValueError("geneval: this prompt asks for a colour but the critic was built with `colors: none`")
 
@@ -176,6 +191,13 @@ class GenEvalCritic(DetectorCritic):
             checkpoint's image processor.
         batch_size: images per Mask2Former forward pass.
     """
+
+    @classmethod
+    def preflight(cls, args: dict) -> None:
+        """Resolve the Mask2Former and (with colours) CLIP weights without loading them."""
+        resolve_pretrained(str(given_arg(cls, args, "checkpoint")))
+        if given_arg(cls, args, "colors") == "clip":
+            resolve_clip_weights(str(given_arg(cls, args, "clip_arch")), given_arg(cls, args, "clip_pretrained"))
 
     def __init__(
         self,

@@ -29,7 +29,7 @@ from milr.critics.t2i_blip_vqa import T2IBlipVQA
 from milr.critics.t2i_clipscore import T2ICLIPScore
 from milr.critics.t2i_spatial import T2ISpatial
 from milr.critics.t2i_text import without_adjectives
-from milr.interfaces import Critic
+from milr.interfaces import Critic, given_arg
 from milr.registry import CRITICS
 
 VERSION = "1"
@@ -80,6 +80,19 @@ class T2I3in1(Critic):
         prompt_lists: folder with ``complex_val_spatial.txt`` and ``complex_val_action.txt``
             (default: the suite's copy when installed); ``metadata["complex_subset"]`` wins.
     """
+
+    @classmethod
+    def preflight(cls, args: dict) -> None:
+        """Check the three parts' weights and the prompt lists without loading anything."""
+        chunker = given_arg(cls, args, "chunker")
+        T2IBlipVQA.preflight({"chunker": chunker, **dict(given_arg(cls, args, "blip") or {})})
+        T2ISpatial.preflight({"chunker": chunker, **dict(given_arg(cls, args, "spatial") or {})})
+        clip_hook = getattr(T2ICLIPScore, "preflight", None)
+        if callable(clip_hook):
+            clip_hook(dict(given_arg(cls, args, "clip") or {}))
+        lists = given_arg(cls, args, "prompt_lists")
+        if lists is not None:
+            load_prompt_lists(lists)
 
     def __init__(
         self,

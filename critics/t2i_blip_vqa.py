@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from milr.critics.clip_score import _DTYPES, check_images, hub_offline, module_fingerprint
-from milr.critics.t2i_text import blip_questions, load_analyzer
+from milr.critics.t2i_text import blip_questions, check_chunker, load_analyzer
 from milr.critics.vlm_judge import resolve_pretrained
-from milr.interfaces import Critic
+from milr.interfaces import Critic, given_arg
 from milr.registry import CRITICS
 
 VERSION = "1"
@@ -44,6 +44,12 @@ class T2IBlipVQA(Critic):
             when it differs from the checkpoint's).
         batch_size: image-question pairs per forward pass.
     """
+
+    @classmethod
+    def preflight(cls, args: dict) -> None:
+        """Resolve the chunker and weights the recipe names without loading them."""
+        check_chunker(str(given_arg(cls, args, "chunker")))
+        resolve_pretrained(str(given_arg(cls, args, "checkpoint")))
 
     def __init__(
         self,

@@ -29,9 +29,9 @@ from typing import Any, Callable, Literal, Mapping, Optional, Sequence, Union
 import torch
 
 from milr.critics.clip_score import check_images
-from milr.critics.t2i_text import TextAnalyzer, Token, load_analyzer
+from milr.critics.t2i_text import TextAnalyzer, Token, check_chunker, load_analyzer
 from milr.geneval import Detection
-from milr.interfaces import Critic
+from milr.interfaces import Critic, given_arg
 from milr.registry import CRITICS
 
 VERSION = "1"
@@ -151,18 +151,23 @@ def detection_source(detector: Any) -> Callable[[torch.Tensor], list[list[Detect
                      "such as geneval or detector")
 
 
-def build_detector(detector: Union[str, Mapping[str, Any], Any], device: str, dtype: Optional[str] = None) -> Any:
-    """A detector critic from a registered name, a ``{name: ..., **args}`` spec, or an object."""
+def _detector_spec(detector: Union[str, Mapping[str, Any]]) -> tuple[type, dict]:
+    """(critic class, arguments) of a detector named or given as ``{name: ..., **args}``."""
     if isinstance(detector, str):
         detector = {"name": detector}
-    if not isinstance(detector, Mapping):
-        return detector
     if "name" not in detector:
         raise ValueError(f"t2i_spatial: detector spec needs 'name', got keys {sorted(detector)}")
-    cls = CRITICS.get(detector["name"])
     args = {k: v for k, v in detector.items() if k != "name"}
     if detector["name"] == "geneval":
         args.setdefault("colors", "none")  # boxes only: no colour CLIP to load
+    return CRITICS.get(detector["name"]), args
+
+
+def build_detector(detector: Union[str, Mapping[str, Any], Any], device: str, dtype: Optional[str] = None) -> Any:
+    """A detector critic from a registered name, a ``{name: ..., **args}`` spec, or an object."""
+    if not isinstance(detector, (str, Mapping)):
+        return detector
+    cls, args = _detector_spec(detector)
     params = inspect.signature(cls.__init__).parameters
     if "device" in params and "device" not in args:
         args["device"] = device
@@ -184,6 +189,17 @@ class T2ISpatial(Critic):
             a ``{detector_label: noun}`` mapping.
         threshold: detection score cut (UniDet's 0.5).
     """
+
+    @classmethod
+    def preflight(cls, args: dict) -> None:
+        """Check the chunker and the detector's weights without loading them."""
+        check_chunker(str(given_arg(cls, args, "chunker")))
+        detector = given_arg(cls, args, "detector")
+        if isinstance(detector, (str, Mapping)):
+            det_cls, det_args = _detector_spec(detector)
+            hook = getattr(det_cls, "preflight", None)
+            if callable(hook):
+                hook(det_args)
 
     def __init__(
         self,

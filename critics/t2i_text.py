@@ -170,6 +170,19 @@ class RuleAnalyzer:
         return chunks
 
 
+def check_chunker(chunker: str) -> None:
+    """What :func:`load_analyzer` checks before loading anything: the folder exists, spaCy is installed."""
+    if chunker == "rules":
+        return
+    if chunker in ("en_core_web_sm", "spacy") or not Path(chunker).expanduser().exists():
+        load_analyzer(chunker)  # raises the one-line message
+    import importlib.util
+
+    if importlib.util.find_spec("spacy") is None:
+        raise ImportError("chunker: a spaCy model folder needs spaCy: `pip install spacy` (or `pip install milr[t2i-compbench]`), "
+                          "or use `chunker: rules`")
+
+
 def load_analyzer(chunker: str) -> TextAnalyzer:
     """``"rules"`` for :class:`RuleAnalyzer`, else a local spaCy model folder (checked at once)."""
     if chunker == "rules":

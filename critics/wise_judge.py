@@ -27,6 +27,7 @@ The HTTP client, retries, timeouts and cost caps are ``api_judge``'s.
 from __future__ import annotations
 
 import math
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, Mapping, Optional
@@ -34,6 +35,7 @@ from typing import Any, Literal, Mapping, Optional
 import torch
 
 from milr.critics.api_judge import APIJudge, APIJudgeError, image_to_data_url
+from milr.interfaces import given_arg
 from milr.registry import CRITICS
 
 VERSION = "1"
@@ -122,6 +124,14 @@ class WiseJudge(APIJudge):
         max_tokens, timeout_s, max_retries, backoff_s, max_calls, max_cost_usd, prices, max_workers:
             as ``api_judge``.
     """
+
+    @classmethod
+    def preflight(cls, args: dict) -> None:
+        """The API key must be in its environment variable before the generator loads."""
+        env = given_arg(cls, args, "api_key_env")
+        if env and not os.environ.get(str(env)):
+            raise ValueError(f"wise_judge: environment variable {env} is not set; export the API key there, or set "
+                             "`api_key_env: null` for a server without authentication")
 
     def __init__(
         self,

@@ -248,3 +248,24 @@ def test_geneval_boxes_only_as_t2i_spatial_detector(tmp_path, monkeypatch):
     red = {"tag": "colors", "include": [{"class": "cat", "count": 1, "color": "red"}]}
     with pytest.raises(ValueError, match="colors: none"):
         geneval.score(x, ["a photo of a red cat"], [red])
+
+
+def test_geneval_preflight_resolves_without_loading(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hc
+
+    from milr.critics.clip_score import WeightsNotFoundError
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path))
+    cls = CRITICS.get("geneval")
+    with pytest.raises(FileNotFoundError, match="huggingface-cli download facebook/mask2former-swin-small-coco-instance"):
+        cls.preflight({})
+    folder = build_tiny_mask2former(tmp_path / "m2f", COCO)
+    with pytest.raises(WeightsNotFoundError, match="ViT-L-14/openai"):  # colours need the CLIP weights too
+        cls.preflight({"checkpoint": str(folder)})
+    cls.preflight({"checkpoint": str(folder), "colors": "none"})
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        cls.preflight({"checkpoint": str(folder), "clip_pretrained": str(tmp_path / "clip.pt")})
+    t2i = CRITICS.get("t2i_spatial")  # builds geneval boxes-only: no CLIP needed
+    t2i.preflight({"detector": {"name": "geneval", "checkpoint": str(folder)}})
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        t2i.preflight({"detector": {"name": "geneval", "checkpoint": str(tmp_path / "nowhere")}})

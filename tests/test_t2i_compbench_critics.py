@@ -278,3 +278,57 @@ def test_3in1_combines_parts_per_complex_subset(tiny_blip, tiny_clip, tmp_path, 
                             "The ball is next to the box ."]
     with pytest.raises(ValueError, match="complex_subset"):
         critic.score(torch.zeros(1, 3, 32, 32), ["x"], [{"complex_subset": "other"}])
+
+
+# ---------------------------------------------------------------------------------------------
+# spaCy from a local folder (skipped without spaCy; en_core_web_sm itself is not on PyPI)
+# ---------------------------------------------------------------------------------------------
+# (pos, dep, head index) for "a green bench and a red car", as en_core_web_sm parses it.
+PARSE = [("DET", "det", 2), ("ADJ", "amod", 2), ("NOUN", "ROOT", 2), ("CCONJ", "cc", 2),
+         ("DET", "det", 6), ("ADJ", "amod", 6), ("NOUN", "conj", 2)]
+
+
+def test_spacy_model_folder_is_loaded_and_read(tmp_path):
+    spacy = pytest.importorskip("spacy")
+    from spacy.language import Language
+
+    if "milr_test_parse" not in Language.factories:
+        @Language.component("milr_test_parse")
+        def _parse(doc):  # stands in for en_core_web_sm's tagger and parser on the one test sentence
+            for tok, (pos, dep, head) in zip(doc, PARSE):
+                tok.pos_, tok.dep_, tok.head = pos, dep, doc[head]
+            return doc
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("milr_test_parse")
+    nlp.to_disk(tmp_path / "tiny_spacy")
+    analyzer = load_analyzer(str(tmp_path / "tiny_spacy"))
+    prompt = "a green bench and a red car"
+    assert analyzer.noun_chunks(prompt) == ["a green bench", "a red car"]
+    assert [t.pos for t in analyzer.tokens(prompt)] == [p for p, _, _ in PARSE]
+    assert blip_questions(analyzer, prompt) == ["a green bench?", "a red car?"]
+    assert without_adjectives(analyzer, prompt) == "a bench and a car"
+
+
+def test_preflight_checks_chunker_weights_and_lists(tiny_blip, tiny_clip, tmp_path, monkeypatch):
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path))
+    blip = CRITICS.get("t2i_blip_vqa")
+    blip.preflight({"checkpoint": str(tiny_blip)})
+    with pytest.raises(FileNotFoundError, match="en_core_web_sm"):
+        blip.preflight({"checkpoint": str(tiny_blip), "chunker": str(tmp_path / "en_core_web_sm")})
+    with pytest.raises(FileNotFoundError, match="Salesforce/blip-vqa-capfilt-large"):
+        blip.preflight({})
+    arch, weights = tiny_clip
+    three = CRITICS.get("t2i_3in1")
+    parts = {"blip": {"checkpoint": str(tiny_blip)}, "clip": {"arch": arch, "pretrained": weights},
+             "spatial": {"detector": {"name": "detector", "weights": str(tmp_path / "missing-yolo")}}}
+    with pytest.raises(FileNotFoundError, match="missing-yolo"):  # the spatial part's detector is checked
+        three.preflight(parts)
+    parts["spatial"] = {"detector": {"name": "detector", "weights": "yolo.pt"}}
+    with pytest.raises(FileNotFoundError, match="complex_val_spatial.txt"):
+        three.preflight({**parts, "prompt_lists": str(tmp_path)})
+    (tmp_path / "complex_val_spatial.txt").write_text("a\r\n")
+    (tmp_path / "complex_val_action.txt").write_text("b\r\n")
+    three.preflight({**parts, "prompt_lists": str(tmp_path)})

@@ -140,6 +140,9 @@ def test_wise_bad_arguments(wise_server, monkeypatch):
         judge(wise_server, parse_attempts=0)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(ValueError, match="OPENAI_API_KEY is not set"):
+        CRITICS.get("wise_judge").preflight({})  # before anything loads
+    CRITICS.get("wise_judge").preflight({"api_key_env": None})
+    with pytest.raises(ValueError, match="OPENAI_API_KEY is not set"):
         CRITICS.get("wise_judge")(base_url=wise_server.base_url)
 
 

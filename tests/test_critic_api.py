@@ -90,3 +90,14 @@ def test_several_trained_critics_get_distinct_names_in_a_run(tmp_path):
     (res,) = RunRecord(run_dir).results()
     assert {"mine", "world_pref"} <= set(res["final"]["scores"])
     assert res["final"]["scores"]["mine"] == pytest.approx(res["final"]["scores"]["world_pref"])  # same weights
+
+
+def test_loading_a_trained_critic_imports_no_training_code():
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, milr; c = milr.create_critic('world_pref'); c.score(torch.rand(1, 3, 32, 32), ['a']);"
+            "bad = sorted(m for m in sys.modules if m.startswith(('milr.training', 'milr.train_critic', 'lightning')));"
+            "print(bad); assert not bad")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr

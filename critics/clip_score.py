@@ -24,7 +24,7 @@ from typing import Any, Iterator, Literal, Optional, Union
 import torch
 import torch.nn.functional as F
 
-from milr.interfaces import Critic
+from milr.interfaces import Critic, given_arg
 from milr.registry import CRITICS
 
 # Bump when the scoring code changes in a way that changes scores (part of the cache key).
@@ -284,6 +284,24 @@ def check_images(images: torch.Tensor, prompts: list[str], who: str) -> None:
 # The critic
 # ---------------------------------------------------------------------------------------------
 @CRITICS.register("clip_score")
+def _looks_like_path(value: str) -> bool:
+    return os.path.sep in value or value.startswith("~") or value.endswith((".json", ".pt", ".pth", ".bin", ".safetensors"))
+
+
+def _require_weights(arch: str, pretrained: Optional[str]) -> None:
+    """A CLIP with random weights scores noise: only on request (``pretrained: random``)."""
+    own_weights = arch.startswith(("hf-hub:", "local-dir:")) or Path(arch).expanduser().is_dir()
+    if pretrained is None and not own_weights and not _looks_like_path(arch):
+        import open_clip
+
+        if arch not in open_clip.list_models():
+            return  # an unknown architecture: the loader's message names it and what is allowed
+    if pretrained is None and not own_weights:
+        raise ValueError(
+            f"clip_score: no weights for {arch!r}: give pretrained (a cached open_clip tag such as 'openai', or a "
+            "local checkpoint path), a model folder as arch, or pretrained: random to score with random weights on purpose")
+
+
 class CLIPScore(Critic):
     """Image-text similarity of an open_clip model; higher is better.
 
@@ -312,6 +330,8 @@ class CLIPScore(Critic):
     ):
         if variant not in ("cosine", "clipscore"):
             raise ValueError(f"clip_score: variant must be 'cosine' or 'clipscore', got {variant!r}")
+        _require_weights(str(arch), pretrained)
+        pretrained = None if pretrained == "random" else pretrained
         if int(batch_size) < 1:
             raise ValueError(f"clip_score: batch_size must be >= 1, got {batch_size}")
         self.init_args = dict(arch=str(arch), pretrained=None if pretrained is None else str(pretrained),
@@ -326,6 +346,15 @@ class CLIPScore(Critic):
         self.dtype = _DTYPES[dtype][1]
         self._text_cache: dict[str, torch.Tensor] = {}
         self._fingerprint: Optional[str] = None
+
+    @classmethod
+    def preflight(cls, args: dict) -> None:
+        """Resolve the weights the recipe names without loading them (called before any load)."""
+        arch, pretrained = str(given_arg(cls, args, "arch")), given_arg(cls, args, "pretrained")
+        _require_weights(arch, pretrained)
+        for what, value in (("arch", arch), ("pretrained", pretrained)):
+            if value and _looks_like_path(str(value)) and not Path(str(value)).expanduser().exists():
+                raise FileNotFoundError(f"{what}: {value} does not exist")
 
     # -- embeddings ----------------------------------------------------------------------------
     @torch.no_grad()

@@ -288,8 +288,8 @@ class DetectorCritic(Critic):
     def preflight(cls, args: dict) -> None:
         """Resolve the weights the recipe names without loading them (called before any load)."""
         weights = given_arg(cls, args, "weights")
-        if weights is not None:
-            resolve_yolo_weights(weights)
+        if isinstance(weights, (str, Path)) and not resolve_yolo_weights(weights).is_file():
+            raise FileNotFoundError(f"detector weights {str(weights)!r} do not exist; give a local YOLO .pt (never downloaded)")
 
     def __init__(
         self,

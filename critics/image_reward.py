@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from milr.interfaces import Critic
+from milr.interfaces import Critic, given_arg
 from milr.registry import CRITICS
 
 MAX_TEXT_TOKENS = 35  # ImageReward tokenises with padding="max_length", max_length=35, truncation=True
@@ -356,6 +356,12 @@ class ImageRewardCritic(Critic):
         requires_grad: let :meth:`score` keep the autograd graph to the pixels (as
             :meth:`score_differentiable` always does); the weights stay frozen either way.
     """
+
+    @classmethod
+    def preflight(cls, args: dict) -> None:
+        """Resolve the weights the recipe names without loading them (called before any load)."""
+        resolve_checkpoint(given_arg(cls, args, "checkpoint"))
+        find_bert_vocab(given_arg(cls, args, "tokenizer"))
 
     def __init__(
         self,

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from milr.cards import CriticCard
-from milr.interfaces import Critic
+from milr.interfaces import Critic, given_arg
 from milr.registry import CRITICS
 
 if TYPE_CHECKING:
@@ -113,6 +113,13 @@ class TrainedCritic(Critic):
     its teacher's scale) or a cosine similarity (contrastive CLIP). ``score`` runs without
     gradients unless ``requires_grad``; ``score_differentiable`` keeps the graph to the pixels.
     """
+
+    @classmethod
+    def preflight(cls, args: dict) -> None:
+        """Resolve the weights the recipe names without loading them (called before any load)."""
+        path = given_arg(cls, args, "path")
+        if path is not None:
+            read_info(resolve_checkpoint(path))  # the folder and its critic.json, not the weights
 
     def __init__(self, path: str, device: str = "cpu", batch_size: int = 256, requires_grad: bool = False):
         import torch
@@ -281,8 +288,6 @@ def register_user_critics(path: str | os.PathLike | None = None, strict: bool | 
     With no ``path`` the default location is read (see the module docstring) and problems are
     warnings; with an explicit ``path`` (or ``strict=True``) they raise ``ValueError``.
     """
-    import yaml
-
     strict = path is not None if strict is None else strict
     file = Path(path) if path is not None else user_config_path()
     if not file.is_file():
@@ -295,10 +300,12 @@ def register_user_critics(path: str | os.PathLike | None = None, strict: bool | 
             raise ValueError(f"{file}: {msg}")
         warnings.warn(f"{file}: {msg}; entry skipped", stacklevel=3)
 
-    try:
-        data = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as e:
-        problem(f"not valid YAML ({e})")
+    from milr.recipe import RecipeError, read_yaml_file
+
+    try:  # the recipes' limits: an alias bomb here once made `milr list` hang
+        data = read_yaml_file(file, "critics file") or {}
+    except RecipeError as e:
+        problem(e.problem)
         return []
     if not isinstance(data, dict):
         problem("expected a mapping of names to {path: ...} or {name: ..., args}")

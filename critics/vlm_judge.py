@@ -20,6 +20,7 @@ from typing import Literal, Mapping, Sequence
 import torch
 
 from milr.critics.questions import YesNoJudge
+from milr.interfaces import given_arg
 from milr.registry import CRITICS
 
 YES_WORDS = ("Yes", "yes")
@@ -91,6 +92,13 @@ class VLMJudge(YesNoJudge):
         device, dtype, batch_size: where, in which precision, and how many pairs per forward pass.
         trust_remote_code: passed to ``from_pretrained`` (off by default).
     """
+
+    @classmethod
+    def preflight(cls, args: dict) -> None:
+        """Resolve the weights the recipe names without loading them (called before any load)."""
+        checkpoint = given_arg(cls, args, "checkpoint")
+        if checkpoint is not None:
+            resolve_pretrained(str(checkpoint))
 
     def __init__(
         self,

@@ -90,6 +90,20 @@ class Critic(ABC):
         return self.score(x, texts, metadata if metadata is not None else [{} for _ in texts])
 
 
+def given_arg(cls: type, args: dict, name: str) -> Any:
+    """``args[name]``, else the default in ``cls``'s constructor (None if it has no such parameter).
+
+    For ``preflight(args)`` class methods, which check a component's resources (weights paths,
+    cached hub names) from its recipe arguments before anything is built.
+    """
+    import inspect
+
+    if name in args:
+        return args[name]
+    p = inspect.signature(cls.__init__).parameters.get(name)
+    return None if p is None or p.default is inspect.Parameter.empty else p.default
+
+
 IMAGE_TOLERANCE = 1e-3  # resampling and float16 overshoot [0, 1] by a hair; more is a bug
 
 

@@ -577,6 +577,11 @@ def check_recipe_components(recipe: Recipe) -> None:
         raise errors[0] if len(errors) == 1 else RecipeErrors(errors)
 
 
+def _message(e: BaseException) -> str:
+    """An exception's text (KeyError's without the quotes its str() adds)."""
+    return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e) or type(e).__name__
+
+
 def preflight(recipe: Recipe) -> list:
     """Check everything a run needs before the first heavy load; returns the tasks.
 
@@ -614,7 +619,7 @@ def preflight(recipe: Recipe) -> list:
         try:
             hook(dict(spec.args))
         except (ValueError, OSError, ImportError, KeyError) as e:
-            errors.append(RecipeError(file, path, f"{registry.kind} {spec.name!r}: {str(e).strip(chr(39))}"))
+            errors.append(RecipeError(file, path, f"{registry.kind} {spec.name!r}: {_message(e)}"))
     if errors:
         raise errors[0] if len(errors) == 1 else RecipeErrors(errors)
     return tasks

@@ -32,7 +32,7 @@ from typing import Any, Optional
 
 import torch
 
-from milr.interfaces import ImageResult, MUGModel, TextResult, TokenCounter
+from milr.interfaces import ImageResult, MUGModel, TextResult, TokenCounter, given_arg
 from milr.registry import MODELS
 
 # -- prompt templates (authors' code: src/opt_generation_janus.py, src/ori_generation_janus.py) ----
@@ -159,6 +159,11 @@ class JanusPro(MUGModel):
             ``top_k: 50`` to reproduce a plain ``generate()`` call.
         revision: hub revision, if a hub name is given.
     """
+
+    @classmethod
+    def preflight(cls, args: dict) -> None:
+        """Resolve the checkpoint the recipe names without loading them (called before any load)."""
+        _resolve_source(given_arg(cls, args, "checkpoint"), given_arg(cls, args, "revision"))
 
     def __init__(
         self,

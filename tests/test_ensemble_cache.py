@@ -368,6 +368,7 @@ def test_ensemble_recipe_runs_through_the_runner(tmp_path):
     text = yaml.safe_dump(data).replace("world_clip", "clip_score")
     data = yaml.safe_load(text)
     data["critics"][2]["arch"] = str(cfg)
+    data["critics"][2]["pretrained"] = "random"  # random weights must be asked for (issue 15)
     data["search"] = {"name": "best_of_n", "n": 6, "batch_size": 6, "reasoning": False}
     data["prompts"] = {"suite": "minimug-world", "split": "test", "tags": ["colors", "position"], "per_tag": 1}
     data["run"].update(output_dir=str(tmp_path / "runs"), name="ens")

@@ -330,3 +330,43 @@ def test_folder_gets_its_name_only_with_a_manifest(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_recipe(toy_recipe(tmp_path), progress=False)
     assert [p.name for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")] == []
+
+
+# -- 1/6. weights resolved before anything loads; no silent random CLIP --------------------------------
+@pytest.mark.parametrize("critic,needle", [
+    ({"name": "clip_score"}, "pretrained: random"),
+    ({"name": "clip_score", "pretrained": "/no/such/weights.pt"}, "does not exist"),
+    ({"name": "trained", "path": "/no/such/critic"}, "not found"),
+    ({"name": "detector", "weights": "/no/such/yolo.pt"}, "yolo.pt"),
+])
+def test_missing_weights_fail_the_dry_run(tmp_path, capsys, critic, needle):
+    rc, lines = cli(capsys, "run", "quickstart-oracle", "--dry-run", f"critics=[{json.dumps(critic)}]",
+                    f"run.output_dir={tmp_path / 'runs'}")
+    assert_clean_error(rc, lines, "critics.0", needle)
+
+
+def test_random_clip_only_on_request(tmp_path):
+    cfg = tmp_path / "tiny-clip.json"
+    cfg.write_text(json.dumps({
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }))
+    from milr.critics.clip_score import CLIPScore
+
+    with pytest.raises(ValueError, match="pretrained: random"):
+        CLIPScore(arch=str(cfg))
+    assert CLIPScore(arch=str(cfg), pretrained="random").score(torch.rand(1, 3, 32, 32), ["p"], [{}]).shape == (1,)
+
+
+def test_user_critics_file_alias_bomb_does_not_hang(tmp_path):
+    from milr.critics.trained import register_user_critics
+
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    f = tmp_path / "critics.yaml"
+    f.write_text("\n".join(lines) + "\n")
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="aliases"):
+        register_user_critics(f)
+    assert time.perf_counter() - t0 < 5

@@ -286,7 +286,10 @@ def run_recipe(
 
         def on_step(step, candidates, rewards):
             extra = {"guard": guard.history[-1]["guard"]} if guard is not None and guard.history else None
+            t_trace = time.perf_counter()
             tracer.observe(step - 1, candidates, rewards, *search.best(), extra=extra)
+            # Held-out scoring is not search time: move the ledger's clock past it (budget.seconds).
+            search.ledger._t0 += time.perf_counter() - t_trace
             step_bar.update(1)
             step_bar.set_postfix(reward=f"{float(rewards.max()):.3f}")
             if recipe.run.save_steps:

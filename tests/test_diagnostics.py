@@ -199,3 +199,13 @@ def test_guard_recipe_validation(tmp_path):
         load_recipe(write_recipe(tmp_path, guard={"critic": {"name": "doubles:RednessCritic", "bogus": 1}}))
     r = load_recipe(write_recipe(tmp_path, guard={"critic": {"name": "doubles:RednessCritic"}}))
     assert (r.guard.patience, r.guard.tolerance) == (2, 0.0)
+
+
+def test_per_step_held_out_scores_do_not_spend_the_time_budget(tmp_path):
+    # a held-out critic taking 0.3 s per call would use up a 0.5 s budget by step 2 if it counted
+    slow = [{"name": "doubles:BrightnessCritic", "delay": 0.3}]
+    run_dir = run_recipe(write_recipe(tmp_path, evaluate=slow, run={"seed": 0, "output_dir": str(tmp_path / "runs"),
+                                                                     "budget": {"seconds": 0.5}}), progress=False)
+    (r,) = RunRecord(run_dir).results()
+    assert r["steps"] == 5 and len(r["curve"]) == 5
+    assert r["budget"]["seconds"] < 0.5 < r["seconds"]

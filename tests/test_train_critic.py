@@ -497,3 +497,12 @@ def test_cosine_head_needs_a_fine_tuned_open_clip():
     with pytest.raises(RecipeError, match="model.head: head cosine"):
         load_train_recipe({"task": "pairwise", "output": "x", "data": {"train": "a.jsonl"},
                            "model": {"backbone": "open_clip", "clip_model": "ViT-B-32", "head": "cosine"}})
+
+
+def test_below_chance_warning_reads_the_kept_checkpoint():
+    from milr.training.module import check_stall
+
+    # The last epoch recovered but the kept checkpoint (best val_loss) is the swapped-looking one: warn.
+    assert "kept checkpoint" in check_stall("pairwise", [{"val_acc": 0.2}, {"val_acc": 0.9}], kept_acc=0.2)[0]
+    # The last epoch fell below chance but the kept checkpoint is good: no warning.
+    assert check_stall("pairwise", [{"val_acc": 0.9}, {"val_acc": 0.2}], kept_acc=0.9) == []

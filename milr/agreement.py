@@ -19,6 +19,9 @@ each critic ``s`` against the reference ``r``:
 * ROC AUC for "the reference passes": the probability that a passing image outscores a failing
   one, ties counting one half (the Mann-Whitney statistic; Hanley & McNeil, Radiology 1982).
 
+An ensemble with an agreement gate remembers each prompt's incumbent; here every image is scored
+on its own (after ``reset()``), so the ensemble is judged as a ranking of independent images.
+
 A figure is ``None`` where it is undefined (a category where every image passes has no AUC, a
 constant critic no rank correlation). Images a critic scores NaN are left out of its figures.
 
@@ -283,10 +286,21 @@ def _reference_spec(reference: Optional[str], recipe) -> dict:
 # Scoring
 # ---------------------------------------------------------------------------------------------
 def score_set(critic, images, prompts: list[str], metadata: list[dict], batch: int = _BATCH) -> list[Optional[float]]:
+    """Each image's score. A critic with state across calls (``reset()``: an ensemble's agreement
+    gate caps a candidate at its prompt's incumbent) scores each image on its own after a reset, so
+    an image's score does not depend on the images scored before it."""
     import torch
 
     out: list[Optional[float]] = []
+    stateful = callable(getattr(critic, "reset", None))
     with torch.no_grad():
+        if stateful:
+            for i in range(len(prompts)):
+                critic.reset()
+                s = critic.score(images[i:i + 1], prompts[i:i + 1], metadata[i:i + 1])
+                out.append(finite(s.detach().float().cpu().reshape(-1)[0]))
+            critic.reset()
+            return out
         for i in range(0, len(prompts), batch):
             s = critic.score(images[i:i + batch], prompts[i:i + batch], metadata[i:i + batch])
             out += [finite(x) for x in s.detach().float().cpu().tolist()]

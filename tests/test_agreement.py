@@ -171,3 +171,32 @@ def test_agree_generates_images_from_a_recipe(tmp_path):
     # the scores are those of the saved images: brightness re-scored equals the run's own record
     recorded = [r["initial"]["scores"][BRIGHT] for run in runs for r in RunRecord(run).results()]
     assert report["scores"]["generated"][BRIGHT] == pytest.approx(recorded, abs=1e-6)
+
+
+class IncumbentCapped(doubles.BrightnessCritic):
+    """Like an agreement gate: after a prompt's first image, nothing scores above that first score."""
+
+    def __init__(self):
+        super().__init__()
+        self.first: dict[str, float] = {}
+
+    def reset(self):
+        self.first = {}
+
+    def score(self, images, prompts, metadata):
+        raw = super().score(images, prompts, metadata)
+        out = []
+        for p, r in zip(prompts, raw.tolist()):
+            out.append(min(r, self.first.setdefault(p, r)))
+        return torch.tensor(out)
+
+
+def test_stateful_critic_scores_each_image_on_its_own():
+    from milr.agreement import score_set
+
+    images = torch.stack([flat((0.2, 0.2, 0.2)), flat((0.8, 0.8, 0.8)), flat((0.6, 0.6, 0.6))])
+    prompts = ["same prompt"] * 3
+    capped = IncumbentCapped()
+    assert capped.score(images, prompts, [{}] * 3).tolist() == pytest.approx([0.2, 0.2, 0.2])  # the state at work
+    capped.reset()
+    assert score_set(capped, images, prompts, [{}] * 3) == pytest.approx([0.2, 0.8, 0.6])

@@ -105,7 +105,9 @@ def object_names(tokens: Sequence[Token], prompt: str, mode: Literal["2d", "comp
             if words[i : i + len(phrase)] == phrase:
                 start, end = i, i + len(phrase)
                 break
-    if start is None:  # no relation phrase: T2I-CompBench falls back to the preposition tags
+    # T2I-CompBench finds "the preposition" by its POS tag; the whole relation phrase is located first
+    # here so "left"/"top" inside it are never taken as objects, and the first ADP is the fallback.
+    if start is None:
         adp = [i for i, t in enumerate(tokens) if t.pos == "ADP"]
         if not adp:
             return (nouns[0][1], nouns[-1][1]) if nouns else (None, None)

@@ -387,12 +387,13 @@ def test_resume_continues_from_the_saved_step(tmp_path):
     recipe = {"task": "pairwise", "output": str(tmp_path / "r"), "data": {"train": str(data)}, "model": TINY_MODEL,
               "train": dict(TINY_TRAIN, epochs=1, patience=0)}
     out = train_critic(recipe)
+    seconds_1 = json.loads((out / "critic.json").read_text())["card"]["extra"]["training"]["seconds"]
     first = _csv_rows(out / "logs")
     steps_1 = [int(r["step"]) for r in first if r.get("train_loss")]
     assert (out / "checkpoints" / "last.ckpt").is_file()
     out = train_critic(recipe, ["train.epochs=3"], resume=True)
     info = json.loads((out / "critic.json").read_text())["card"]["extra"]["training"]
-    assert info["resumed"] is True
+    assert info["resumed"] is True and info["seconds"] > seconds_1  # time over both sessions
     # The history travels in the checkpoint: epoch 0 from the first run, epochs 1-2 from the second.
     assert [h["epoch"] for h in info["history"]] == [0, 1, 2]
     per_epoch = info["history"][0]["step"]

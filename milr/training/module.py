@@ -140,6 +140,15 @@ class CriticModule(L.LightningModule):
         self.tok = tokenizer or net.tokenize
         self.history: list[dict] = []
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.seconds_before = 0.0  # training time of the runs this one resumes
+        self._t0 = time.perf_counter()
+
+    def on_fit_start(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def seconds(self) -> float:
+        """Training seconds so far, over every resumed session."""
+        return self.seconds_before + time.perf_counter() - self._t0
 
     def _step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.loss(self.net, batch, self.tok(batch["prompt"]).to(self.device))
@@ -177,9 +186,11 @@ class CriticModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["milr_history"] = list(self.history)
+        checkpoint["milr_seconds"] = self.seconds()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("milr_history", []))
+        self.seconds_before = float(checkpoint.get("milr_seconds", 0.0))
 
     def configure_optimizers(self) -> dict:
         params = [p for p in self.parameters() if p.requires_grad]
@@ -272,7 +283,8 @@ def last_checkpoint(out: Path) -> Path:
 
 
 def fit(cfg: dict, data: Any, module: CriticModule, out: Path, monitor: str, resume: bool = False) -> tuple[str, float]:
-    """Run Lightning's Trainer; returns (best checkpoint path, seconds). ``resume``: continue from ``last.ckpt``."""
+    """Run Lightning's Trainer; returns (best checkpoint path, training seconds over every session).
+    ``resume``: continue from ``last.ckpt``."""
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     from milr.training.data import CriticDataModule
@@ -305,9 +317,8 @@ def fit(cfg: dict, data: Any, module: CriticModule, out: Path, monitor: str, res
         limit_val_batches=1.0 if has_val else 0,
     )
     dm = CriticDataModule(data, int(t["batch_size"]), int(t["num_workers"]))
-    t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
-    return ckpt.best_model_path, time.perf_counter() - t0
+    return ckpt.best_model_path, module.seconds()
 
 
 def load_best(module: CriticModule, best: str) -> None:

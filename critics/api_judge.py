@@ -32,6 +32,7 @@ from typing import Any, Literal, Mapping
 import torch
 
 from milr.critics.questions import YesNoJudge
+from milr.errors import UserError
 from milr.registry import CRITICS
 
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -41,8 +42,10 @@ class APIJudgeError(RuntimeError):
     """The endpoint failed (after retries) or answered something unusable."""
 
 
-class APIBudgetExceeded(APIJudgeError):
-    """The next request would exceed ``max_calls`` or ``max_cost_usd``."""
+class APIBudgetExceeded(APIJudgeError, UserError):
+    """The next request would exceed ``max_calls`` or ``max_cost_usd`` (the CLI: one line, exit 2)."""
+
+    kind = "api budget"
 
 
 def image_to_data_url(image: torch.Tensor) -> str:
@@ -131,7 +134,7 @@ class APIJudge(YesNoJudge):
         max_retries: int = 3,
         backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
-        max_calls: int | None = None,
+        max_calls: int | None = 1000,
         max_cost_usd: float | None = None,
         price_per_call_usd: float = 0.0,
         price_per_input_token_usd: float = 0.0,
@@ -178,6 +181,7 @@ class APIJudge(YesNoJudge):
         self.output_tokens = 0
         self.answers_from_text = 0
         self._lock = threading.Lock()
+        self._spend_file: str | None = None  # set by bind_run_folder: the caps hold across resumes
         self._config = dict(
             url=self.url, model_name=model_name, questions=questions, combine=combine, normalize=normalize,
             system_prompt=system_prompt, logprobs=logprobs, image_detail=image_detail,
@@ -207,6 +211,37 @@ class APIJudge(YesNoJudge):
                 body["top_logprobs"] = self.top_logprobs
         return body
 
+    def bind_run_folder(self, run_dir: Any) -> None:
+        """Keep this critic's spend in ``run_dir``, so a resumed run continues the caps, not restarts them."""
+        key = hashlib.sha256(json.dumps(self._config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        self._spend_file = os.path.join(str(run_dir), f"api_judge-spend-{key}.json")
+        try:
+            with open(self._spend_file, encoding="utf-8") as f:
+                saved = json.load(f)
+            with self._lock:
+                self.calls = max(self.calls, int(saved.get("calls", 0)))
+                self.spent_usd = max(self.spent_usd, float(saved.get("spent_usd", 0.0)))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            raise APIJudgeError(f"api_judge: cannot read its spend record {self._spend_file}: {e}") from None
+
+    def _save_spend(self) -> None:
+        """Persist the spend (called under the lock); written before the request it counts is sent."""
+        if self._spend_file is None:
+            return
+        tmp = f"{self._spend_file}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"calls": self.calls, "spent_usd": self.spent_usd, "max_calls": self.max_calls,
+                       "max_cost_usd": self.max_cost_usd}, f)
+        os.replace(tmp, self._spend_file)
+
+    def _redact(self, text: str) -> str:
+        """Remove the API key from text that may echo request headers (a server's error body, say)."""
+        if self.api_key and len(self.api_key) >= 4:
+            text = text.replace(self.api_key, "***")
+        return text
+
     def _reserve_call(self) -> None:
         """Count a request against the caps before sending it."""
         with self._lock:
@@ -221,6 +256,7 @@ class APIJudge(YesNoJudge):
                     f"(${self.spent_usd:.4f} spent over {self.calls} requests); raise max_cost_usd in the recipe to continue"
                 )
             self.calls += 1
+            self._save_spend()
 
     def _charge(self, response: Mapping[str, Any]) -> None:
         usage = response.get("usage") or {}
@@ -229,6 +265,7 @@ class APIJudge(YesNoJudge):
             self.input_tokens += tin
             self.output_tokens += tout
             self.spent_usd += self.prices[0] + tin * self.prices[1] + tout * self.prices[2]
+            self._save_spend()
 
     def _post(self, body: dict) -> dict:
         """One chat-completions call with bounded retries; returns the parsed JSON response."""
@@ -269,8 +306,13 @@ class APIJudge(YesNoJudge):
 
     def _ask(self, pair: tuple[str, str]) -> float:
         image_url, question = pair
-        response = self._post(self.request_body(image_url, question))
-        p, source = p_yes_from_response(response, self.normalize)
+        try:
+            response = self._post(self.request_body(image_url, question))
+            p, source = p_yes_from_response(response, self.normalize)
+        except APIBudgetExceeded:
+            raise
+        except APIJudgeError as e:  # messages quote the server's words, which may echo our headers
+            raise APIJudgeError(self._redact(str(e))) from None
         if source == "text":
             with self._lock:
                 self.answers_from_text += 1

@@ -124,6 +124,23 @@ def _score(critic: Critic, images, task: Task, ledger: Optional[BudgetLedger] = 
     return r.detach().float().cpu()
 
 
+def bind_run_folder(critics: list, run_dir: Path) -> None:
+    """Give every critic that keeps state across resumes (api_judge's spend) the run folder.
+
+    Walks through wrappers (the score cache's ``critic``) and ensembles' ``members``.
+    """
+    seen: set[int] = set()
+    todo = list(critics)
+    while todo:
+        c = todo.pop()
+        if c is None or id(c) in seen:
+            continue
+        seen.add(id(c))
+        if callable(getattr(type(c), "bind_run_folder", None)):
+            c.bind_run_folder(run_dir)
+        todo += [getattr(c, "critic", None), *(getattr(c, "members", None) or [])]
+
+
 def _culprit(critic: Critic, images, task: Task) -> str:
     """The member of an ensemble that returned a non-finite score (the critic itself otherwise)."""
     import torch
@@ -263,6 +280,7 @@ def run_recipe(
     torch.manual_seed(recipe.run.seed)
     model = build_model(recipe)
     critic, members, evals = build_critics(recipe, model, device)
+    bind_run_folder([critic, *members.values(), *evals.values()], record.dir)
     guard = None
     if getattr(recipe, "guard", None) is not None:
         from milr.diagnostics import Guard
@@ -331,6 +349,10 @@ def run_recipe(
         }
         record.append(result)
         bar.set_postfix(reward=f"{reward:.3f}")
+        if progress is None and not show:  # nohup, SLURM, a pipe: no bar, so one line per prompt
+            done_n = len(tasks) - len(todo) + todo.index(task) + 1
+            log(f"milr: [{done_n}/{len(tasks)}] {task.id}: reward {initial[1]:.4g} -> {reward:.4g}, "
+                f"{steps} steps, {result['seconds']:.1f} s")
     table = record.write_summary()
     log(table)
     record.unlock()

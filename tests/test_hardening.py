@@ -370,3 +370,78 @@ def test_user_critics_file_alias_bomb_does_not_hang(tmp_path):
     with pytest.raises(ValueError, match="aliases"):
         register_user_critics(f)
     assert time.perf_counter() - t0 < 5
+
+
+def test_one_progress_line_per_prompt_when_stderr_is_not_a_terminal(tmp_path):
+    logs: list[str] = []
+    run_recipe(toy_recipe(tmp_path), log=logs.append)  # progress=None and pytest's stderr is no terminal
+    lines = [s for s in logs if s.startswith("milr: [")]
+    assert [s.split("]")[0] for s in lines] == ["milr: [1/3", "milr: [2/3", "milr: [3/3"]
+    assert "p00001" in lines[1] and " -> " in lines[1]
+
+
+# -- 5. api_judge: a default cap, caps kept across resumes, secrets redacted ------------------------------
+@pytest.fixture
+def echo_server():
+    """A chat endpoint answering 'Yes' (text), or with status 400 echoing the request's headers."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.server.hits += 1
+            if self.server.echo:
+                code, payload = 400, {"error": {"message": f"bad auth: {self.headers.get('Authorization')}"}}
+            else:
+                code, payload = 200, {"choices": [{"message": {"content": "Yes"}}]}
+            data = json.dumps(payload).encode()
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.hits, srv.echo = 0, False
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _judge(srv, **kw):
+    from milr.critics.api_judge import APIJudge
+
+    return APIJudge(base_url=f"http://127.0.0.1:{srv.server_address[1]}/v1", model_name="m", api_key_env="MILR_HARD_KEY",
+                    questions="prompt", logprobs=False, max_workers=1, max_retries=0, **kw)
+
+
+def test_api_judge_caps_hold_across_resumes_and_default_to_a_cap(echo_server, tmp_path, monkeypatch):
+    from milr.critics.api_judge import APIBudgetExceeded
+    from milr.runner import bind_run_folder
+
+    monkeypatch.setenv("MILR_HARD_KEY", "sk-secret-value-42")
+    assert _judge(echo_server).max_calls is not None  # never unlimited by default
+    images = torch.rand(2, 3, 8, 8)
+    first = _judge(echo_server, max_calls=3)
+    bind_run_folder([first], tmp_path)
+    first.score(images, ["p", "p"], [{}, {}])
+    resumed = _judge(echo_server, max_calls=3)  # a new process, same run folder
+    bind_run_folder([resumed], tmp_path)
+    assert resumed.calls == 2
+    with pytest.raises(APIBudgetExceeded, match="max_calls=3"):
+        resumed.score(images, ["p", "p"], [{}, {}])
+    assert echo_server.hits == 3
+
+
+def test_api_judge_redacts_the_key_from_errors(echo_server, monkeypatch):
+    from milr.critics.api_judge import APIJudgeError
+
+    monkeypatch.setenv("MILR_HARD_KEY", "sk-secret-value-42")
+    echo_server.echo = True
+    with pytest.raises(APIJudgeError) as e:
+        _judge(echo_server).score(torch.rand(1, 3, 8, 8), ["p"], [{}])
+    assert "sk-secret-value-42" not in str(e.value) and "***" in str(e.value)

@@ -326,7 +326,8 @@ def test_preflight_checks_chunker_weights_and_lists(tiny_blip, tiny_clip, tmp_pa
              "spatial": {"detector": {"name": "detector", "weights": str(tmp_path / "missing-yolo")}}}
     with pytest.raises(FileNotFoundError, match="missing-yolo"):  # the spatial part's detector is checked
         three.preflight(parts)
-    parts["spatial"] = {"detector": {"name": "detector", "weights": "yolo.pt"}}
+    (tmp_path / "yolo.pt").write_bytes(b"")  # preflight resolves the file, never loads it
+    parts["spatial"] = {"detector": {"name": "detector", "weights": str(tmp_path / "yolo.pt")}}
     with pytest.raises(FileNotFoundError, match="complex_val_spatial.txt"):
         three.preflight({**parts, "prompt_lists": str(tmp_path)})
     (tmp_path / "complex_val_spatial.txt").write_text("a\r\n")

@@ -292,7 +292,8 @@ def test_eval_errors_are_one_line(tmp_path, capsys):
 def test_oracle_flagged_and_not_flagged_cases():
     flagged = recipe_verdict(load_recipe("quickstart-oracle").to_dict())
     assert flagged.oracle is True and flagged.label() == "yes"
-    assert recipe_verdict(load_recipe("quickstart").to_dict()).label() == "no"
+    learned = load_recipe("quickstart-oracle", ["critics.0={name: world_pref}"]).to_dict()
+    assert recipe_verdict(learned).label() == "no"  # a learned critic on the world: not the scorer
     # the YOLO detector with GenEval's rules on GenEval prompts: labelled a proxy, never flagged
     proxy = oracle_verdict([{"name": "detector"}], "geneval", ["colors"])
     assert proxy.oracle is False and proxy.label() == "proxy" and "GenEval-style proxy" in proxy.proxies[0]

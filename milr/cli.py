@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+from pathlib import Path
 from typing import NoReturn, Sequence
 
 
@@ -138,8 +139,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.what != "minimug":
         print(f"milr train: unknown target {args.what!r}; allowed: minimug", file=sys.stderr)
         return 2
-    from milr.models.minimug.train import train_minimug
+    from milr.models.minimug.train import load_config, train_minimug
+    from milr.recipe import RecipeError, read_yaml_file
 
+    read_yaml_file(Path(args.config), "training config")  # size, aliases, UTF-8: the recipes' limits
+    try:  # the config's own checks, before anything trains
+        load_config(args.config)
+    except (ValueError, OSError) as e:
+        raise RecipeError(args.config, "", str(e)) from None
     out = train_minimug(args.config, args.out)
     print(out)
     return 0

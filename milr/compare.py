@@ -338,7 +338,14 @@ def compare(
 
     if match_budget not in (True, False, "max", "mean"):
         raise ValueError(f"match_budget must be 'max', 'mean', True (= 'max') or False, got {match_budget!r}")
-    specs = parse_search_specs(searches)
+    import yaml
+
+    from milr.recipe import RecipeError, preflight
+
+    try:
+        specs = parse_search_specs(searches)
+    except (ValueError, yaml.YAMLError) as e:
+        raise RecipeError("command line", "--searches", " ".join(str(e).split())) from None
     base = load_recipe(recipe, list(overrides))
     data = base.to_dict()
     if base.source and data.get("prompts", {}).get("file"):
@@ -348,6 +355,18 @@ def compare(
     if output_dir is None:
         output_dir = Path(base.run.output_dir) / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(output_dir)
+    # Every strategy's recipe is checked before the first one runs (or any folder exists): a typo
+    # in the last --searches entry must not surface after hours of the first.
+    cap0 = data.get("run", {}).get("budget", {}).get("generator_tokens")
+    for i, spec in enumerate(specs):
+        d = json.loads(json.dumps(data))
+        d["search"] = {"name": spec["name"], **spec["args"]}
+        if cap0 is not None and _COUNT_ARGS.get(spec["name"]) and _COUNT_ARGS[spec["name"]] not in spec["args"]:
+            d["search"][_COUNT_ARGS[spec["name"]]] = _UNCAPPED_COUNT
+        try:
+            preflight(load_recipe(d))
+        except RecipeError as e:
+            raise RecipeError(f"--searches {spec['label']}", e.path, e.problem) from None
     (out / "runs").mkdir(parents=True, exist_ok=True)
     if metric is None and base.evaluate:
         metric = base.evaluate[0].name

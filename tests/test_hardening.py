@@ -445,3 +445,21 @@ def test_api_judge_redacts_the_key_from_errors(echo_server, monkeypatch):
     with pytest.raises(APIJudgeError) as e:
         _judge(echo_server).score(torch.rand(1, 3, 8, 8), ["p"], [{}])
     assert "sk-secret-value-42" not in str(e.value) and "***" in str(e.value)
+
+
+def test_compare_checks_every_search_before_the_first_runs(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    rc, lines = cli(capsys, "compare", "quickstart-oracle", "--searches", "generate,best_of_n(n=-1)", "--out", str(out))
+    assert_clean_error(rc, lines, "--searches best_of_n(n=-1)", "n must be >= 1")
+    rc, lines = cli(capsys, "compare", "quickstart-oracle", "--searches", "best_of_n(", "--out", str(out))
+    assert_clean_error(rc, lines, "--searches", "cannot read search spec")
+    assert not out.exists()
+
+
+def test_train_config_errors_are_messages(tmp_path, capsys):
+    rc, lines = cli(capsys, "train", "minimug", str(tmp_path / "missing.yaml"))
+    assert_clean_error(rc, lines, "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer: {max_stepz: 3}\n")
+    rc, lines = cli(capsys, "train", "minimug", str(bad))
+    assert_clean_error(rc, lines, "max_stepz")

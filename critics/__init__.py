@@ -46,7 +46,8 @@ CRITICS.register_lazy(
         score_range=(0.0, 1.0),
         needs_metadata=("include",),
         cost="moderate",
-        weights="a local YOLO .pt (COCO or trained on your data; never downloaded); open_clip for colours (ViT-L-14/openai, must be cached)",
+        weights="a local YOLO .pt (COCO or trained on your data; never downloaded) or a shipped name: world_detector "
+        "(MiniMUG's five shapes, `milr train-detector train-world-detector`); open_clip for colours (ViT-L-14/openai, must be cached)",
         reference="GenEval, Ghosh et al. 2023; ultralytics YOLO",
         extra={"differences from GenEval": "YOLO instead of Mask2Former (YOLO's NMS on); with a boxes-only "
                "checkpoint colours are classified on the plain box crop, not the mask on #999999 grey"},

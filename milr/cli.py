@@ -4,6 +4,7 @@
     milr show RECIPE [key.path=value ...]
     milr list [critics|searches|models|suites]
     milr compare RECIPE --searches reinforce,best_of_n,cma_es [key.path=value ...]
+    milr compare --recipes oracle=quickstart-oracle,quickstart=quickstart [key.path=value ...] --out DIR
     milr train minimug CONFIG [--out DIR]
     milr train-critic RECIPE [key.path=value ...] [--resume]
     milr train-detector RECIPE [key.path=value ...]
@@ -128,9 +129,30 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    from milr.errors import UserError
+
+    overrides = list(args.overrides)
+    if args.recipes:
+        # `milr compare --recipes a=x,b=y key=value ...`: the first bare override lands in `recipe`.
+        if args.searches or (args.recipe and "=" not in args.recipe):
+            raise UserError("milr compare: give RECIPE --searches ... (strategies) or --recipes label=recipe,... (critics), not both")
+        if args.recipe:
+            overrides.insert(0, args.recipe)
+        if not args.out:
+            raise UserError("milr compare --recipes: give --out DIR")
+        from milr.compare_critics import compare_critics, parse_recipes
+
+        try:
+            recipes = parse_recipes(args.recipes)
+        except ValueError as e:
+            raise UserError(f"milr compare: {e}") from None
+        print(compare_critics(recipes, overrides, args.out))
+        return 0
+    if not args.recipe or not args.searches:
+        raise UserError("milr compare: give RECIPE --searches reinforce,best_of_n,... or --recipes label=recipe,...")
     from milr.compare import compare
 
-    out = compare(args.recipe, searches=args.searches.split(","), overrides=args.overrides, output_dir=args.out)
+    out = compare(args.recipe, searches=args.searches.split(","), overrides=overrides, output_dir=args.out)
     print(out)
     return 0
 
@@ -220,10 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("-v", "--verbose", action="store_true", help="print every card field")
     ls.set_defaults(fn=_cmd_list)
 
-    c = sub.add_parser("compare", help="compare search strategies at a matched budget")
-    c.add_argument("recipe")
+    c = sub.add_parser("compare", help="compare search strategies, or search critics (--recipes), at a matched budget")
+    c.add_argument("recipe", nargs="?")
     c.add_argument("overrides", nargs="*")
-    c.add_argument("--searches", required=True, help="comma-separated search names")
+    c.add_argument("--searches", help="comma-separated search specs, run on RECIPE")
+    c.add_argument("--recipes", help="label=recipe,... : one search critic per recipe, same prompts and budget")
     c.add_argument("--out", default=None, help="output folder (default: under run.output_dir)")
     c.set_defaults(fn=_cmd_compare)
 

@@ -338,7 +338,7 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def fit_calibration(weights: Union[str, Path], dataset: Union[str, Path], imgsz: int, split: str = "val",
-                    iou: float = 0.5, batch: int = 64) -> dict:
+                    iou: float = 0.5, batch: int = 64) -> Optional[dict]:
     """Platt scaling of the detector's confidence on labelled validation scenes.
 
     YOLOv8's class score is trained toward the box's alignment quality (IoU-weighted), not the
@@ -348,7 +348,7 @@ def fit_calibration(weights: Union[str, Path], dataset: Union[str, Path], imgsz:
     matches a ground-truth object of its class at IoU >= ``iou``" over every detection above 0.05
     on the validation split (rendered, reconstructed and corrupted scenes with their true labels;
     never generated images judged by the exact scorer). Returns ``{"type": "platt", "a", "b",
-    "n", "positives", "nll_before", "nll_after"}``.
+    "n", "positives", "nll_before", "nll_after"}``, or None with fewer than 20 detections or one class only.
     """
     import torch
     from PIL import Image
@@ -391,7 +391,19 @@ def fit_calibration(weights: Union[str, Path], dataset: Union[str, Path], imgsz:
                         break
                 confs.append(float(conf[j]))
                 hits.append(hit)
-    x = torch.tensor(confs, dtype=torch.float64).clamp(1e-6, 1 - 1e-6).logit()
+    if len(confs) < 20 or all(hits) or not any(hits):
+        return None  # too little to fit (an untrained smoke detector): the critic uses raw scores
+    a, b, before, after = _fit_platt(np.array(confs), np.array(hits), return_nll=True)
+    return {"type": "platt", "a": a, "b": b, "n": len(confs),
+            "positives": int(np.sum(hits)), "nll_before": round(before, 4), "nll_after": round(after, 4),
+            "fitted_on": f"{split} split of the training recipe's dataset (true labels), detections >= 0.05"}
+
+
+def _fit_platt(conf: np.ndarray, hits: np.ndarray, return_nll: bool = False):
+    """Maximum-likelihood ``(a, b)`` of ``P(hit) = sigmoid(a * logit(conf) + b)`` (L-BFGS)."""
+    import torch
+
+    x = torch.tensor(conf, dtype=torch.float64).clamp(1e-6, 1 - 1e-6).logit()
     y = torch.tensor(hits, dtype=torch.float64)
     params = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([params], max_iter=200, line_search_fn="strong_wolfe")
@@ -404,12 +416,11 @@ def fit_calibration(weights: Union[str, Path], dataset: Union[str, Path], imgsz:
         return loss
 
     opt.step(closure)
+    a, b = float(params[0]), float(params[1])
+    if not return_nll:
+        return a, b
     with torch.no_grad():
-        before = float(bce(x, y))
-        after = float(bce(params[0] * x + params[1], y))
-    return {"type": "platt", "a": float(params[0]), "b": float(params[1]), "n": len(confs),
-            "positives": int(y.sum()), "nll_before": round(before, 4), "nll_after": round(after, 4),
-            "fitted_on": f"{split} split of the training recipe's dataset (true labels), detections >= 0.05"}
+        return a, b, float(bce(x, y)), float(bce(a * x + b, y))
 
 
 def _val_metrics(run_dir: Path) -> dict:

@@ -1,28 +1,28 @@
-"""MILR's gain under different search critics, at an equal generator-token budget, on one prompt set.
+"""``milr compare --recipes``: MILR's gain under different search critics, at one generator-token budget.
 
-The question of issue 11: does a critic that is not the world's exact scorer (the "oracle") make
-MILR's images better, judged by the exact scorer held out? Each labelled recipe runs the same
-search on the same prompts and seeds (so every run's initial image is the same ordinary
-generation), capped at the same generator-token budget; the held-out metric is the recipe's first
-``evaluate:`` critic (``world_oracle``, binary: GenEval's pass/fail). Reported per category and
-overall (mean of category means, GenEval's aggregation): the score before and after, the gain with
-a 95% bootstrap interval (prompts resampled within categories), prompts fixed / broken, and the
-gain as a share of the oracle row's gain.
+The question of issue 11 of the project: does a critic that is not the evaluation scorer (the
+"oracle") make the images better, judged by that scorer held out? Each labelled recipe runs its own
+search critics on the same prompts and seeds (so every run's initial image is the same ordinary
+generation), capped at the same generator-token budget; the metric is each recipe's first
+``evaluate:`` critic (on MiniMUG, ``world_oracle`` in binary mode: GenEval's pass/fail). Reported
+per category and overall (the mean of category means, GenEval's aggregation): the score before and
+after with a 95% bootstrap interval (prompts resampled within categories), the gain with its
+interval, prompts fixed / broken, the gain as a share of the oracle row's gain, and each row's
+oracle verdict (:mod:`milr.benchmarks.oracle`).
 
-    python benchmarks/critic_gains.py --split test --per-tag 8 \\
-        --recipes oracle=quickstart-oracle,quickstart=quickstart,mixed=mixed-reward \\
-        --out docs/results/critic-gains-test
+    milr compare --recipes oracle=quickstart-oracle,quickstart=quickstart,mixed=mixed-reward \
+        prompts.split=test prompts.per_tag=8 run.budget.generator_tokens=3200 --out docs/results/critic-gains-test
 
-A killed run resumes: each label's run folder under ``OUT/runs`` is resumed when it exists.
+Outputs ``critic-gains.md`` / ``critic-gains.json`` (strict JSON) and one run folder per label under
+``OUT/runs``; a killed comparison resumes: a label whose run folder exists is resumed, not rerun.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -77,7 +77,7 @@ def summarise(rows_by_label: dict[str, list[dict]], oracle_label: Optional[str])
         if ids is None:
             ids = [r["id"] for r in rows]
         elif [r["id"] for r in rows] != ids:
-            raise SystemExit(f"{label}: its prompts differ from the first recipe's; compare on one prompt set")
+            raise ValueError(f"{label}: its prompts differ from the first recipe's; compare on one prompt set")
         tags = np.array([r["tag"] for r in rows])
         order = [t for t in TAGS if t in set(tags)] or sorted(set(tags))
         before = np.array([r["before"] for r in rows])
@@ -106,9 +106,9 @@ def summarise(rows_by_label: dict[str, list[dict]], oracle_label: Optional[str])
 def table(summary: dict, recipes: dict[str, str]) -> str:
     first = next(iter(summary.values()))
     tags = list(first["per_tag"])
-    head = ("| search critic (recipe) | " + " | ".join(tags) + " | overall before → after [95% CI] | gain [95% CI] | "
+    head = ("| search critic (recipe) | oracle? | " + " | ".join(tags) + " | overall before → after [95% CI] | gain [95% CI] | "
             "share of oracle gain | fixed / broken | tokens / prompt |")
-    lines = [head, "|" + "---|" * (len(tags) + 6)]
+    lines = [head, "|" + "---|" * (len(tags) + 7)]
     for label, v in summary.items():
         cells = []
         for t in tags:
@@ -116,7 +116,7 @@ def table(summary: dict, recipes: dict[str, str]) -> str:
             cells.append(f"{pt['before']:.3f} → {pt['after']:.3f}")
         share = f"{v['share_of_oracle_gain']:.2f}×" if "share_of_oracle_gain" in v else "–"
         lines.append(
-            f"| {label} (`{recipes[label]}`) | " + " | ".join(cells)
+            f"| {label} (`{recipes[label]}`) | {v.get('oracle', 'unknown')} | " + " | ".join(cells)
             + f" | {v['before']:.3f} → **{v['after']:.3f}** [{v['after_ci'][0]:.2f}, {v['after_ci'][1]:.2f}]"
             + f" | {v['gain']:+.3f} [{v['gain_ci'][0]:+.2f}, {v['gain_ci'][1]:+.2f}] | {share} | {v['fixed']} / {v['broken']}"
             + f" | {v['tokens_per_prompt']:.0f} |"
@@ -124,39 +124,49 @@ def table(summary: dict, recipes: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Optional[list[str]] = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--recipes", required=True, help="label=recipe,label=recipe,... (the first 'oracle' label is the reference)")
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--per-tag", type=int, default=8)
-    ap.add_argument("--budget", type=int, default=3200, help="generator tokens per prompt, every recipe")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--metric", default=None, help="evaluate critic name (default: the first)")
-    ap.add_argument("--oracle", default="oracle", help="label of the oracle row")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("overrides", nargs="*", help="extra dotted overrides for every recipe")
-    args = ap.parse_args(argv)
-    recipes = dict(item.split("=", 1) for item in args.recipes.split(","))
-    out = Path(args.out)
+def parse_recipes(text: str) -> dict[str, str]:
+    """``label=recipe,label=recipe`` (a bare recipe is labelled by its name)."""
+    out: dict[str, str] = {}
+    for item in [x.strip() for x in text.split(",") if x.strip()]:
+        label, _, recipe = item.partition("=") if "=" in item else (Path(item).stem, "", item)
+        if not label or not recipe or label in out:
+            raise ValueError(f"--recipes: expected label=recipe items with distinct labels, got {item!r}")
+        out[label] = recipe
+    if not out:
+        raise ValueError("--recipes: give at least one label=recipe")
+    return out
+
+
+def compare_critics(recipes: dict[str, str], overrides: Sequence[str], output_dir: str | Path,
+                    oracle_label: str = "oracle", metric: Optional[str] = None,
+                    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> Path:
+    """Run every labelled recipe on the same prompts and budget; write and return the output folder."""
+    from milr.recipe import load_recipe
+    from milr.records import RunRecord
+
+    for label, recipe in recipes.items():  # every recipe valid before anything runs
+        load_recipe(recipe, list(overrides))
+    out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    common = [f"prompts.split={args.split}", f"prompts.per_tag={args.per_tag}", f"run.seed={args.seed}",
-              f"run.budget.generator_tokens={args.budget}"] + list(args.overrides)
-    rows = {}
+    rows, verdicts, seed, budget = {}, {}, None, None
     for label, recipe in recipes.items():
-        run_dir = run_label(label, recipe, common, out)
-        rows[label] = load_rows(run_dir, args.metric)
-        print(f"{label}: {run_dir}", file=sys.stderr)
-    summary = summarise(rows, args.oracle)
-    md = (f"MILR (reinforce, both latents, 20 steps, stop at the search critic's pass) under each search critic; "
-          f"{args.split} split, {args.per_tag} prompts per category, seed {args.seed}, at most {args.budget} generator "
-          f"tokens per prompt; held-out metric: the exact scorer's GenEval verdict (`world_oracle`, binary), "
-          f"per category before → after; overall = mean of category means.\n\n" + table(summary, recipes))
+        run_dir = run_label(label, recipe, list(overrides), out)
+        rows[label] = load_rows(run_dir, metric)
+        verdicts[label] = RunRecord(run_dir).oracle().label()
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        seed = manifest.get("recipe", {}).get("run", {}).get("seed", seed)
+        budget = manifest.get("recipe", {}).get("run", {}).get("budget", {}).get("generator_tokens", budget)
+        log(f"milr compare: {label}: {run_dir}")
+    summary = summarise(rows, oracle_label)
+    for label, v in summary.items():
+        v["oracle"] = verdicts[label]
+    first = next(iter(rows.values()))
+    md = (f"MILR under each search critic on the same {len(first)} prompts (seed {seed}), at most {budget} generator "
+          f"tokens per prompt; held-out metric: each recipe's first `evaluate:` critic, per category before → after; "
+          f"overall = mean of category means, 95% bootstrap intervals over prompts within categories. "
+          f"Overrides: `{' '.join(overrides)}`.\n\n" + table(summary, recipes))
     (out / "critic-gains.md").write_text(md)
-    (out / "critic-gains.json").write_text(json.dumps({"recipes": recipes, "args": vars(args), "summary": summary},
-                                                      indent=2, allow_nan=False))
-    print(md)
-    return summary
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+    (out / "critic-gains.json").write_text(json.dumps({"recipes": recipes, "overrides": list(overrides),
+                                                       "summary": summary}, indent=2, allow_nan=False))
+    log(md)
+    return out

@@ -1,0 +1,69 @@
+"""``milr compare --recipes``: MILR's gain per search critic at one budget (issue 11's table)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from milr.compare_critics import bootstrap_overall, parse_recipes, summarise
+
+
+def _rows(spec):
+    return [{"id": f"p{i}", "tag": tag, "before": b, "after": a, "tokens": 100, "critic_calls": 1}
+            for i, (tag, b, a) in enumerate(spec)]
+
+
+def test_summary_gains_fixed_broken_and_share_of_the_oracle_gain():
+    # Two categories of two prompts. Oracle fixes both failing prompts; the other critic fixes one
+    # and breaks one passing prompt.
+    oracle = _rows([("counting", 0, 1), ("counting", 1, 1), ("position", 0, 1), ("position", 1, 1)])
+    other = _rows([("counting", 0, 1), ("counting", 1, 0), ("position", 0, 0), ("position", 1, 1)])
+    s = summarise({"oracle": oracle, "other": other}, "oracle")
+    # Oracle: category means 0.5 -> 1.0 in both: overall gain 0.5.
+    assert s["oracle"]["before"] == 0.5 and s["oracle"]["after"] == 1.0 and s["oracle"]["gain"] == 0.5
+    assert (s["oracle"]["fixed"], s["oracle"]["broken"]) == (2, 0)
+    # Other: counting 0.5 -> 0.5, position 0.5 -> 0.5: gain 0, one fixed, one broken.
+    assert s["other"]["gain"] == 0.0 and (s["other"]["fixed"], s["other"]["broken"]) == (1, 1)
+    assert s["other"]["share_of_oracle_gain"] == 0.0 and s["oracle"]["share_of_oracle_gain"] == 1.0
+    assert s["other"]["per_tag"]["counting"] == {"before": 0.5, "after": 0.5, "gain": 0.0}
+
+
+def test_rows_must_share_prompts():
+    with pytest.raises(ValueError, match="prompts differ"):
+        summarise({"a": _rows([("counting", 0, 1)]), "b": [dict(_rows([("counting", 0, 1)])[0], id="q")]}, None)
+
+
+def test_bootstrap_interval_of_a_constant_is_the_constant():
+    v, t = np.array([1.0, 1.0, 0.0, 0.0]), np.array(["a", "a", "b", "b"])
+    assert bootstrap_overall(v, t, ["a", "b"], n=200) == (0.5, 0.5)
+
+
+def test_parse_recipes():
+    assert parse_recipes("oracle=quickstart-oracle, quickstart") == {"oracle": "quickstart-oracle", "quickstart": "quickstart"}
+    for bad in ("", "a=x,a=y", "=x"):
+        with pytest.raises(ValueError):
+            parse_recipes(bad)
+
+
+@pytest.mark.slow
+def test_compare_recipes_end_to_end_same_initial_images_and_resume(tmp_path, capsys):
+    from milr.cli import main
+
+    out = tmp_path / "cmp"
+    args = ["compare", "--recipes", "oracle=quickstart-oracle,detector=quickstart", "prompts.limit=2", "search.steps=1",
+            "run.budget.generator_tokens=600", "--out", str(out)]
+    assert main(args) == 0
+    data = json.loads((out / "critic-gains.json").read_text())
+    rows = data["summary"]
+    assert set(rows) == {"oracle", "detector"}
+    assert rows["oracle"]["oracle"] == "yes" and rows["detector"]["oracle"] != "yes"
+    # Same prompts and seeds: both searches start from the same ordinary generation.
+    assert rows["oracle"]["before"] == rows["detector"]["before"]
+    assert all(r["tokens_per_prompt"] <= 600 + 200 for r in rows.values())  # the cap (one generation may finish)
+    table = (out / "critic-gains.md").read_text()
+    assert "| oracle (`quickstart-oracle`) | yes |" in table
+    folders = sorted(p.name for p in (out / "runs").iterdir())
+    assert main(args) == 0  # a second call resumes the finished runs instead of running again
+    assert sorted(p.name for p in (out / "runs").iterdir()) == folders

@@ -283,7 +283,6 @@ def check_images(images: torch.Tensor, prompts: list[str], who: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # The critic
 # ---------------------------------------------------------------------------------------------
-@CRITICS.register("clip_score")
 def _looks_like_path(value: str) -> bool:
     return os.path.sep in value or value.startswith("~") or value.endswith((".json", ".pt", ".pth", ".bin", ".safetensors"))
 
@@ -302,6 +301,7 @@ def _require_weights(arch: str, pretrained: Optional[str]) -> None:
             "local checkpoint path), a model folder as arch, or pretrained: random to score with random weights on purpose")
 
 
+@CRITICS.register("clip_score")
 class CLIPScore(Critic):
     """Image-text similarity of an open_clip model; higher is better.
 

@@ -477,6 +477,18 @@ def component_signature(obj: Any) -> tuple[dict[str, tuple[Any, Any]], bool]:
     return fields, var_kw
 
 
+def _non_finite(node: Any, prefix: str = "") -> tuple[str, float] | None:
+    """(key path, value) of the first NaN or infinite float inside ``node``, else None."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return prefix.rstrip("."), node
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        found = _non_finite(v, f"{prefix}{k}.")
+        if found:
+            return found
+    return None
+
+
 def validate_component_args(registry: Registry, spec: ComponentSpec, path: str, file: str | None, reserved: tuple[str, ...] = ()) -> list[RecipeError]:
     """Check a component's name and arguments; returns the problems found."""
     try:
@@ -492,6 +504,9 @@ def validate_component_args(registry: Registry, spec: ComponentSpec, path: str, 
     except (TypeError, ValueError) as e:  # no inspectable signature (a builtin, say)
         return [RecipeError(file, f"{path}.name", f"{registry.kind} {spec.name!r} has no usable signature: {e}")]
     args = {k: v for k, v in spec.args.items() if k not in reserved}
+    bad = _non_finite(args)
+    if bad:  # also where the signature says Any: a NaN or infinity is never a setting
+        return [RecipeError(file, f"{path}.{bad[0]}", f"found {bad[1]!r}; expected a finite number (not NaN or infinity)")]
     # Non-finite numbers are never a setting (a NaN weight made every reward NaN).
     config = ConfigDict(extra="allow" if var_kw else "forbid", arbitrary_types_allowed=True, allow_inf_nan=False)
     try:
@@ -544,8 +559,14 @@ def check_recipe_components(recipe: Recipe) -> None:
         names: list[str] = []
         for i, c in enumerate(recipe.critics):
             names.append(c.name if c.name not in names else f"{c.name}#{i}")
-        errors += [RecipeError(file, path, problem) for path, problem in validate_combine(
-            recipe.combine, names, Path(file).parent if file else None, [c.weight for c in recipe.critics])]
+        bad = _non_finite(recipe.combine)
+        if bad:
+            errors.append(RecipeError(file, f"combine.{bad[0]}", f"found {bad[1]!r}; expected a finite number (not NaN or infinity)"))
+        try:
+            errors += [RecipeError(file, path, problem) for path, problem in validate_combine(
+                recipe.combine, names, Path(file).parent if file else None, [c.weight for c in recipe.critics])]
+        except OSError as e:  # a path too long or unreadable, met while looking for a reference file
+            errors.append(RecipeError(file, "combine", f"cannot use a path: {e.strerror or e}"))
     p = recipe.prompts
     if p.suite is not None and p.suite not in SUITES:
         try:

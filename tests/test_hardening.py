@@ -463,3 +463,17 @@ def test_train_config_errors_are_messages(tmp_path, capsys):
     bad.write_text("trainer: {max_stepz: 3}\n")
     rc, lines = cli(capsys, "train", "minimug", str(bad))
     assert_clean_error(rc, lines, "max_stepz")
+
+
+@pytest.mark.parametrize("override,key", [
+    ("critics.0.weights=.nan", "critics.0.weights"),          # an argument typed Any
+    ("critics.0.palette={a: [1, .inf, 2]}", "critics.0.palette.a.1"),
+])
+def test_non_finite_numbers_are_refused_whatever_the_type(capsys, override, key):
+    rc, lines = cli(capsys, "show", "quickstart", override)
+    assert_clean_error(rc, lines, key, "finite")
+
+
+def test_a_path_too_long_is_a_message(capsys):
+    rc, lines = cli(capsys, "show", "mixed-reward", "combine.normalize.world_pref.reference=" + "x" * 5000)
+    assert_clean_error(rc, lines, "combine", "too long")

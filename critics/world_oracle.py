@@ -14,7 +14,7 @@ The verdicts of the last call (with GenEval-style reasons) are kept in ``last_re
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from milr.geneval import GenEvalResult
 from milr.interfaces import Critic
@@ -31,7 +31,7 @@ MODES = ("binary", "partial")
 class WorldOracle(Critic):
     """Exact GenEval-rule verdict on MiniMUG world images ``[B, 3, H, W]`` in [0, 1]."""
 
-    def __init__(self, mode: str = "binary", partial_weight: float = 0.5):
+    def __init__(self, mode: Literal["binary", "partial"] = "binary", partial_weight: float = 0.5):
         if mode not in MODES:
             raise ValueError(f"world_oracle mode must be one of {MODES}, got {mode!r}")
         if not 0.0 <= partial_weight <= 1.0:

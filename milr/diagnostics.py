@@ -311,7 +311,8 @@ def write_curves(run_dir: str | Path, results: list[dict]) -> Optional[Path]:
             for k in evals:
                 (h,) = ax2.plot(x, data[k], color=colour_of[k], lw=2.0, ls="--", marker="s", ms=3)
                 handles.setdefault(f"held out: {k[5:]} (raw, right axis)", h)
-            ax2.set_ylim(*ev_lim)
+            if ev_lim is not None:  # every held-out score may be null (non-finite, skipped)
+                ax2.set_ylim(*ev_lim)
             ax2.set_ylabel("held-out critic", fontsize=8)
             ax2.tick_params(labelsize=8)
         ax.set_title(f"{tag} (n={counts[tag]})", fontsize=10)

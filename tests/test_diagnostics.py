@@ -209,3 +209,14 @@ def test_per_step_held_out_scores_do_not_spend_the_time_budget(tmp_path):
     (r,) = RunRecord(run_dir).results()
     assert r["steps"] == 5 and len(r["curve"]) == 5
     assert r["budget"]["seconds"] < 0.5 < r["seconds"]
+
+
+def test_curves_are_drawn_when_every_held_out_score_is_null(tmp_path):
+    """A run whose held-out critic returned only non-finite scores (written as null) still gets
+    its curves.png and hacking report instead of a crash at summary time."""
+    from milr.diagnostics import hacking_report, write_curves
+
+    results = [_result("counting", 0.1, 0.9, None, None), _result("position", 0.2, 0.4, None, None)]
+    path = write_curves(tmp_path, results)
+    assert path is not None and path.stat().st_size > 0
+    assert "counting" in hacking_report(results)

@@ -30,7 +30,14 @@ def test_detector_config_errors_name_the_key(tmp_path):
         load_detector_config("train-world-detector", ["train.epochz=1"])
     with pytest.raises(RecipeError, match=r"train\.imgsz"):
         load_detector_config("train-world-detector", ["train.imgsz=50"])  # not a multiple of the stride 32
+    for bad, key in (("model.arch=foo.txt", "model.arch"), ("model.arch=yolov99q.yaml", "model.arch"),
+                     ("model.arch=/no/such.pt", "model.arch"), ("train.device=gpu", "train.device"),
+                     ("data.reconstruct=nan", "data.reconstruct")):
+        with pytest.raises(RecipeError, match=key.replace(".", r"\.")):
+            load_detector_config("train-world-detector", [bad])
+    assert load_detector_config("train-world-detector", ["model.arch=yolo11n.yaml", "train.device=cuda:1"]).model.arch == "yolo11n.yaml"
     assert main(["train-detector", "train-world-detector", "data.n_train=ten", f"output={tmp_path}"]) == 2
+    assert main(["train-detector", "train-world-detector", "model.arch=foo.txt", f"output={tmp_path}"]) == 2
     assert not any(tmp_path.iterdir())  # nothing written before the config is valid
 
 

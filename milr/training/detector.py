@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Sequence, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 WEIGHTS_FILE = "world_detector.pt"
 
@@ -63,6 +63,20 @@ class DetectorData(_Strict):
 class DetectorModel(_Strict):
     arch: str = "yolov8n.yaml"  # an ultralytics architecture file (random init) or a local .pt
 
+    @field_validator("arch")
+    @classmethod
+    def _arch_exists(cls, v: str) -> str:
+        # Checked here, before the dataset is written: a bad name would otherwise fail minutes later.
+        if v.endswith(".pt"):
+            if not Path(v).expanduser().is_file():
+                raise ValueError(f"no such checkpoint {v!r} (a local YOLO .pt; never downloaded)")
+        elif v.endswith((".yaml", ".yml")):
+            if not Path(v).expanduser().is_file() and not _ultralytics_arch(Path(v).name):
+                raise ValueError(f"{v!r} is neither a local file nor an ultralytics architecture (e.g. yolov8n.yaml)")
+        else:
+            raise ValueError(f"found {v!r}; expected an ultralytics architecture .yaml or a local .pt")
+        return v
+
 
 class DetectorTrain(_Strict):
     epochs: int = Field(20, ge=1, le=1000)
@@ -84,7 +98,30 @@ class DetectorTrain(_Strict):
     hsv_s: float = Field(0.3, ge=0, le=1)
     hsv_v: float = Field(0.3, ge=0, le=1)
     amp: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"cpu|mps|cuda|cuda:\d+|\d+(,\d+)*", v):
+            raise ValueError(f"found {v!r}; expected cpu, mps, cuda, cuda:N or GPU indices such as 0,1")
+        return v
     threads: Optional[int] = Field(None, ge=1, le=256)
+
+
+def _ultralytics_arch(name: str) -> bool:
+    """Is ``name`` an architecture file shipped inside ultralytics? (Found without importing it.)"""
+    import importlib.util
+
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    root = Path(list(spec.submodule_search_locations)[0]) / "cfg" / "models"
+    # Scale letters are resolved by ultralytics: yolov8n.yaml is yolov8.yaml at scale n.
+    stem, suffix = Path(name).stem, Path(name).suffix
+    candidates = {name, stem[:-1] + suffix} if stem and stem[-1] in "nslmx" else {name}
+    return any(next(root.rglob(c), None) is not None for c in candidates)
 
 
 class DetectorTrainConfig(_Strict):
@@ -261,8 +298,6 @@ def _build_yolo(model: DetectorModel):
     ultralytics_offline()
     from ultralytics import YOLO
 
-    if not model.arch.endswith((".pt", ".yaml", ".yml")):
-        raise ValueError(f"model.arch must be an ultralytics architecture .yaml or a local .pt, got {model.arch!r}")
     return YOLO(model.arch)
 
 

@@ -206,6 +206,11 @@ class BudgetLedger:
     def add_critic_calls(self, n: int) -> None:
         self.critic_calls += int(n)
 
+    def exclude_seconds(self, seconds: float) -> None:
+        """Leave ``seconds`` of wall time out of :attr:`seconds` (work that is not the search's,
+        such as held-out diagnostics scored between steps)."""
+        self._t0 += max(0.0, float(seconds))
+
     def exhausted(self) -> bool:
         b = self.budget
         return any(

@@ -87,6 +87,14 @@ def critic_labels(specs: list) -> list[str]:
     return labels
 
 
+def _card_cost(name: str) -> str | None:
+    try:
+        card = CRITICS.card(name)
+    except Exception:  # an import-path critic has no registered card
+        return None
+    return getattr(card, "cost", None)
+
+
 def build_critics(recipe: Recipe, model, device: str):
     """(combined critic, {name: critic}, {name: eval critic})."""
     cache = None
@@ -291,6 +299,9 @@ def run_recipe(
     budget = Budget(**recipe.run.budget.model_dump())
     show = sys.stderr.isatty() if progress is None else progress
 
+    # Per-step held-out scores are for the plot; critics that cost money per call (card cost "api",
+    # e.g. a GPT-4o judge) score only the initial and final images, as before.
+    curve_evals = {k: c for (k, c), spec in zip(evals.items(), recipe.evaluate) if _card_cost(spec.name) != "api"}
     bar = tqdm(todo, desc="prompts", disable=not show, dynamic_ncols=True)
     for task in bar:
         t0 = time.perf_counter()
@@ -300,14 +311,14 @@ def run_recipe(
         from milr.diagnostics import StepTracer
 
         # Held-out per-step scores for curves.png: no ledger, so they never count against the budget.
-        tracer = StepTracer(members, evals, critic, lambda c, x, task=task: _score(c, x, task).tolist())
+        tracer = StepTracer(members, curve_evals, critic, lambda c, x, task=task: _score(c, x, task).tolist())
 
         def on_step(step, candidates, rewards):
             extra = {"guard": guard.history[-1]["guard"]} if guard is not None and guard.history else None
             t_trace = time.perf_counter()
             tracer.observe(step - 1, candidates, rewards, *search.best(), extra=extra)
             # Held-out scoring is not search time: move the ledger's clock past it (budget.seconds).
-            search.ledger._t0 += time.perf_counter() - t_trace
+            search.ledger.exclude_seconds(time.perf_counter() - t_trace)
             step_bar.update(1)
             step_bar.set_postfix(reward=f"{float(rewards.max()):.3f}")
             if recipe.run.save_steps:

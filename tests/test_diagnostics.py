@@ -220,3 +220,16 @@ def test_curves_are_drawn_when_every_held_out_score_is_null(tmp_path):
     path = write_curves(tmp_path, results)
     assert path is not None and path.stat().st_size > 0
     assert "counting" in hacking_report(results)
+
+
+def test_held_out_critics_that_cost_money_are_not_scored_per_step(tmp_path, monkeypatch):
+    """An evaluate critic whose card says cost "api" (a paid judge) scores only the initial and
+    final images: the per-step curve leaves it out, so curves never multiply API spend."""
+    import milr.runner as runner
+
+    monkeypatch.setattr(runner, "_card_cost", lambda name: "api" if name == "doubles:RednessCritic" else None)
+    run_dir = run_recipe(write_recipe(tmp_path), progress=False)
+    (r,) = RunRecord(run_dir).results()
+    assert all(e["eval"] == {} for e in r["curve"])
+    assert r["initial"]["eval"]["doubles:RednessCritic"] == pytest.approx(TRUTH[0], abs=1e-6)
+    assert r["final"]["eval"]["doubles:RednessCritic"] == pytest.approx(TRUTH[4], abs=1e-6)

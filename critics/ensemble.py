@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 import json
 import warnings
 from pathlib import Path
@@ -303,19 +302,13 @@ class Ensemble(Critic):
     # -- construction ----------------------------------------------------------------------------
     @staticmethod
     def _build_member(spec: Mapping[str, Any], i: int, model: Any, device: Optional[str]) -> Critic:
+        """A member from its spec, through the component factory (model/device injected, arguments recorded)."""
+        from milr.factory import build_component
+
         if "name" not in spec:
             raise ValueError(f"ensemble member {i}: a spec needs 'name' (got keys {sorted(spec)})")
-        cls = CRITICS.get(spec["name"])
         args = {k: v for k, v in spec.items() if k not in ("name", "weight", "id", "normalize")}
-        params = inspect.signature(cls.__init__).parameters
-        if "model" in params and "model" not in args:
-            args["model"] = model
-        if device is not None and "device" in params and "device" not in args:
-            args["device"] = device
-        critic = cls(**args)
-        if not hasattr(critic, "init_args"):
-            critic.init_args = {k: v for k, v in args.items() if k != "model"}
-        return critic
+        return build_component(CRITICS, spec["name"], args, model=model, device=device)
 
     # -- normalisation -----------------------------------------------------------------------
     def fit(self, images: torch.Tensor, prompts: list[str], metadata: Optional[list[dict]] = None) -> None:

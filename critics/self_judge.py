@@ -57,7 +57,10 @@ class SelfJudge(YesNoJudge):
     def identity(self) -> str:
         m = self.model
         model_id = getattr(m, "registry_name", None) or type(m).__name__
-        weights = getattr(getattr(m, "card", None), "weights", "")
+        # The weights themselves, not the card's text: two MiniMUGs of one card but different
+        # weights judged alike used to share cache entries (and each other's scores).
+        fingerprint = getattr(m, "fingerprint", None)
+        weights = fingerprint() if callable(fingerprint) else getattr(getattr(m, "card", None), "weights", "")
         return f"self_judge:{model_id}:{weights}:{sorted(self._config.items())!r}"
 
     def answer(self, images: torch.Tensor, questions: list[str]) -> torch.Tensor:

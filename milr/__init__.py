@@ -12,7 +12,7 @@ from milr.registry import CRITICS, MODELS, SEARCHES, SUITES  # noqa: E402,F401
 
 
 def create_critic(name_or_path, **kwargs):  # type: ignore[no-untyped-def]
-    """A critic by registered name or trained-critic folder (see :func:`milr.critic_factory.create_critic`)."""
-    from milr.critic_factory import create_critic as _create
+    """A critic by registered name or trained-critic folder (see :func:`milr.factory.create_critic`)."""
+    from milr.factory import create_critic as _create
 
     return _create(name_or_path, **kwargs)

@@ -374,7 +374,7 @@ def agree(
         sets = {"generated": _concat("generated", [s for k in range(n) for s in
                                                    run_folder_sets(_generate(recipe, out, k, log), ("initial",)).values()])}
 
-    from milr.runner import build_critic, build_critics, build_model, resolve_device
+    from milr.factory import build_critic, build_critics, build_model, resolve_device
 
     device = resolve_device(recipe.run.device)
     log(f"milr: agree: loading {recipe.model.name} and {len(recipe.critics) + len(extra) + 1} critics")

@@ -13,8 +13,8 @@ TARGET is one of (autodetected, or named by ``--layout``):
 
 CRITICS is a YAML list (``'[{name: world_oracle, mode: binary}]'``), a YAML file holding one, or a
 recipe (file or shipped name), whose ``evaluate:`` critics are used (its ``critics:`` when it has
-none). Critics are validated before anything loads and built with the runner's own builder
-(:func:`milr.runner.build_critic`); a MUG model is built only when a critic takes one (``self_judge``),
+none). Critics are validated before anything loads and built by the component factory
+(:func:`milr.factory.build_critic`); a MUG model is built only when a critic takes one (``self_judge``),
 from the recipe's ``model:``.
 
 Outputs in DIR: ``results.jsonl`` (one strict-JSON line per image: file, prompt id, image index,
@@ -91,11 +91,11 @@ def parse_critics(text: str) -> tuple[list, Any]:
 
 
 def _build(specs: list, recipe: Any, device: str) -> dict:
-    """{column name: critic}, built by the runner's builder; a MUG model only if a critic takes one."""
+    """{column name: critic}, built by the component factory; a MUG model only if a critic takes one."""
     import inspect
 
     from milr.registry import CRITICS
-    from milr.runner import build_critic, build_model, critic_labels
+    from milr.factory import build_critic, build_model, critic_labels
 
     needs_model = [s.name for s in specs if "model" in inspect.signature(CRITICS.get(s.name).__init__).parameters]
     model = None
@@ -286,7 +286,7 @@ def evaluate(target: str | Path, critics: str, out: str | Path, layout: Optional
     bench = choose_benchmark(benchmark, layout_name, hint, items)
     if bench.unscorable:
         raise BenchmarkError(bench.unscorable)
-    from milr.runner import resolve_device
+    from milr.factory import resolve_device
 
     built = _build(specs, recipe, resolve_device(device))
     scores = score_items(built, items, batch_size)

@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 if TYPE_CHECKING:  # keep ``import milr`` free of torch so ``milr list`` is fast
     import torch
@@ -146,16 +147,25 @@ def _checking_images(fn: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class TokenCounter:
-    """Generator tokens decoded by a model, counting both CFG rows of an image token."""
+    """Generator tokens decoded by a model, counting both CFG rows of an image token.
+
+    ``add_text`` / ``add_image`` take a total or a list of per-row counts (``reason``: one per
+    text row; ``sample_image``: one per image row). Per-row counts let the runner charge each prompt
+    of a merged batch exactly what its rows cost (see :attr:`MUGModel.batches_prompts`).
+    """
 
     text_tokens: int = 0
     image_tokens: int = 0
 
-    def add_text(self, n: int) -> None:
-        self.text_tokens += int(n)
+    def add_text(self, n: "int | Sequence[int]") -> None:
+        self.text_tokens += _total(n)
 
-    def add_image(self, n: int) -> None:
-        self.image_tokens += int(n)
+    def add_image(self, n: "int | Sequence[int]") -> None:
+        self.image_tokens += _total(n)
+
+
+def _total(n: Any) -> int:
+    return int(n) if isinstance(n, (int, float)) or getattr(n, "ndim", 1) == 0 else int(sum(int(x) for x in n))
 
 
 @dataclass
@@ -266,6 +276,39 @@ def fuse_cfg(cond: "torch.Tensor", uncond: "torch.Tensor", cfg: float) -> "torch
     return uncond + cfg * (cond - uncond)
 
 
+def generator_runs(generator: Any, prompts: int, num_samples: int) -> list[tuple[int, int, Any]]:
+    """``sample_image``'s random sources as ``(start, end, generator)`` runs of its ``prompts * num_samples`` rows.
+
+    ``generator`` is one ``torch.Generator`` (or None: the global one) for every row, or a list with
+    one per prompt row of the context (row ``r`` draws with ``generator[r // num_samples]``). Rows
+    that share a generator object in a row form one run, drawn in one call (:func:`multinomial_rows`),
+    exactly as an unbatched call on those rows alone would draw them: a prompt's samples never
+    depend on the prompts that share its batch.
+    """
+    rows = prompts * num_samples
+    if not isinstance(generator, (list, tuple)):
+        return [(0, rows, generator)]
+    if len(generator) != prompts:
+        raise ValueError(f"got {len(generator)} generators for a context of {prompts} prompts")
+    runs: list[tuple[int, int, Any]] = []
+    for b, g in enumerate(generator):
+        start = b * num_samples
+        if runs and runs[-1][2] is g:
+            runs[-1] = (runs[-1][0], start + num_samples, g)
+        else:
+            runs.append((start, start + num_samples, g))
+    return runs
+
+
+def multinomial_rows(probs: "torch.Tensor", runs: list[tuple[int, int, Any]]) -> "torch.Tensor":
+    """One draw per row of ``probs`` ``[R, V]``, each run of rows from its own generator -> ``[R]``."""
+    import torch
+
+    if len(runs) == 1:
+        return torch.multinomial(probs, 1, generator=runs[0][2]).squeeze(1)
+    return torch.cat([torch.multinomial(probs[s:e], 1, generator=g).squeeze(1) for s, e, g in runs])
+
+
 class MUGModel(ABC):
     """A unified multimodal understanding-and-generation model, as the latent search needs it.
 
@@ -322,6 +365,8 @@ class MUGModel(ABC):
 
         ``prefix_tokens`` (``[R, L]`` with ``R = B * num_samples``) forces the first ``L`` image
         tokens; the rest are sampled. Hidden states of all ``N`` positions are returned.
+        A model with :attr:`batches_prompts` also takes a list of ``B`` generators, one per prompt
+        row (see :func:`generator_runs`).
         """
 
     @abstractmethod
@@ -381,6 +426,49 @@ class MUGModel(ABC):
     def decode_text(self, ids: "torch.Tensor") -> str:  # pragma: no cover - models override
         raise NotImplementedError
 
+    # -- identity ------------------------------------------------------------------------------
+    FINGERPRINT_FULL = 1 << 20  # tensors up to this many elements are hashed whole
+    FINGERPRINT_SAMPLE = 1 << 16  # elements sampled from each bigger tensor
+
+    def fingerprint(self) -> str:
+        """A short hash of the weights and sampling defaults, computed once and kept.
+
+        It keys the scores a model gives as a critic (``self_judge``) in the score cache, so two
+        models of one class with different weights never share an entry. Hashed: the class, the
+        sampling defaults, and every tensor the instance holds (``nn.Module`` attributes' state
+        dicts and tensor attributes, two levels deep) by name, shape, dtype and bytes -- all bytes
+        up to :attr:`FINGERPRINT_FULL` elements, a strided sample of :attr:`FINGERPRINT_SAMPLE`
+        elements above it. Hashing
+        tensors rather than checkpoint files covers models built in memory (``MiniMUG.random``,
+        test doubles) and costs a 7B model about one sample per tensor instead of a pass over its
+        files. Weights changed in place after the first call are not seen (models here are frozen).
+        """
+        fp = self.__dict__.get("_weights_fingerprint")
+        if fp is None:
+            fp = self.__dict__["_weights_fingerprint"] = _tensors_fingerprint(self, self.FINGERPRINT_FULL, self.FINGERPRINT_SAMPLE)
+        return fp
+
+    # -- many prompts in one batch (run.batch_prompts) ---------------------------------------------
+    #: True when the model implements :meth:`merge_rows` and :meth:`split_rows`, accepts one generator
+    #: per prompt row in :meth:`sample_image` (see :func:`generator_runs`) and passes per-row counts
+    #: to its :class:`TokenCounter` in ``reason``. The runner then merges the calls of several
+    #: prompts into one batch; without it, it calls the model once per prompt (correct, not batched).
+    batches_prompts: bool = False
+
+    def merge_rows(self, parts: list[Any]) -> Any:
+        """One state (from :meth:`encode_prompts`) or image context (from :meth:`image_context`)
+        whose prompt rows are the rows of ``parts``, in order; prompts of different lengths are padded.
+
+        ``reason``, ``image_context`` and ``sample_image`` on the result give every row what they
+        give on the part it came from (forced prefixes may differ in length from row to row).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not merge prompts (batches_prompts is False)")
+
+    def split_rows(self, batch: Any, rows: list[int]) -> list[Any]:
+        """The inverse of :meth:`merge_rows`: consecutive blocks of ``rows`` prompt rows of a state or
+        image context, each a state or context of its own."""
+        raise NotImplementedError(f"{type(self).__name__} does not merge prompts (batches_prompts is False)")
+
     def generate(self, prompts: list[str], num_samples: int = 1, reasoning: bool = True, generator=None):
         """Plain generation: reasoning text, then images. Returns (TextResult|None, ImageResult, pixels)."""
         state = self.encode_prompts(prompts)
@@ -388,6 +476,39 @@ class MUGModel(ABC):
         ctx = self.image_context(state, text.texts if text else None)
         img = self.sample_image(ctx, num_samples=num_samples, generator=generator, return_hidden=False)
         return text, img, self.decode_image(img.tokens)
+
+
+def _tensors_fingerprint(model: Any, full: int, sample: int) -> str:
+    """sha256 (first 16 hex digits) of a model's class, defaults and tensors (see ``MUGModel.fingerprint``)."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256(f"{type(model).__module__}.{type(model).__qualname__}".encode())
+    for attr in ("image_tokens", "hidden_size", "default_cfg", "default_temperature", "dtype"):
+        h.update(f"|{attr}={getattr(model, attr, None)!r}".encode())
+    seen: set[int] = set()
+
+    def tensors(obj: Any, prefix: str, depth: int):
+        if isinstance(obj, torch.nn.Module):
+            yield from ((f"{prefix}.{k}", v) for k, v in obj.state_dict(keep_vars=True).items())
+        elif isinstance(obj, torch.Tensor):
+            yield prefix, obj
+        elif depth < 2 and hasattr(obj, "__dict__") and not isinstance(obj, type):
+            for k, v in sorted(vars(obj).items()):
+                if not k.startswith("__"):
+                    yield from tensors(v, f"{prefix}.{k}", depth + 1)
+
+    for name, t in tensors(model, "", 0):
+        if id(t) in seen or not isinstance(t, torch.Tensor):
+            continue
+        seen.add(id(t))
+        flat = t.detach().reshape(-1)
+        if flat.numel() > full:  # a strided sample: cheap for billions of weights
+            flat = flat[torch.linspace(0, flat.numel() - 1, sample, device=flat.device).long()]
+        h.update(f"|{name}:{tuple(t.shape)}:{t.dtype}:".encode())
+        h.update(flat.cpu().contiguous().view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return h.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,43 +537,143 @@ class Candidate:
 
 
 class Search(ABC):
-    """Ask/tell search over a MUG model's outputs, after nevergrad's optimizer protocol.
+    """Ask/tell search over a MUG model's outputs, after nevergrad's optimizer (a template method).
 
     The runner drives every strategy with the same loop::
 
         search.setup(model, task, ledger, generator)
         while not search.done() and not ledger.exhausted():
             candidates = search.ask()
+            if not candidates:
+                break
             search.tell(candidates, critic.score(...))
         best, reward = search.best()
 
-    ``ask`` may return several candidates (scored as one batch). ``trace`` collects one dict per
-    step for the run record.
+    As nevergrad's ``Optimizer.ask``/``tell`` wrap ``_internal_ask_candidate``/``_internal_tell_candidate``,
+    this class does the bookkeeping every strategy shares and a strategy writes its proposal and its
+    update:
+
+    * ``_propose() -> list[Candidate]``: the next candidates, scored as one batch. The first call
+      returns the ordinary generation (the runner records it as the initial image); ``[]`` ends
+      the search. :meth:`affordable` sizes a batch to what the budget still allows.
+    * ``_update(candidates, rewards) -> dict | None``: learn from the step's rewards (finite,
+      float32, one per candidate, already checked); a returned dict is added to the step's trace
+      entry.
+    * optionally ``_start()`` (per-prompt state; called by :meth:`setup`) and ``_finished()`` (a
+      stop rule of the strategy's own, e.g. a step count or a reward threshold).
+
+    The base class owns:
+
+    * budget arithmetic: :attr:`cost`, the generator tokens of one candidate, measured on every
+      proposal (tokens the model counted during ``_propose`` / candidates; a strategy that decodes
+      more images than it proposes wraps its decoding in :meth:`metered`), and
+      :meth:`affordable` (how many candidates the ledger's caps still allow at that cost);
+    * :meth:`done`: ``_finished()``, or not one more candidate affordable;
+    * the trace: one entry per step, ``{"step", "rewards" (6 decimals), "best", **update's dict,
+      "budget"}``, and :attr:`step` (steps told so far);
+    * the best-so-far and last candidate (:meth:`best` returns the best; a strategy that returns
+      the last one overrides it).
+
+    All compute goes through ``self.model`` (its token counter feeds the ledger), so strategies
+    compared under one budget spend the same compute, and a strategy needs no change to run with
+    ``run.batch_prompts`` (its model and critic calls are merged with other prompts' by the
+    runner). A strategy may instead override :meth:`ask` and :meth:`tell` themselves, calling
+    :meth:`_record` from ``tell``.
     """
 
     card: "SearchCard | None" = None
     registry_name: str | None = None
 
     def setup(self, model: MUGModel, task: Task, ledger: BudgetLedger, generator: "torch.Generator") -> None:
+        """Start a search for ``task``; ``generator`` is the prompt's only source of randomness."""
         self.model = model
         self.task = task
         self.ledger = ledger
         self.generator = generator
         self.trace: list[dict] = []
+        self.step = 0
+        self.cost: Optional[int] = None
         self._best: tuple[Candidate, float] | None = None
         self._last: tuple[Candidate, float] | None = None
+        self._metered_inside = False
+        self._start()
 
-    @abstractmethod
-    def ask(self) -> list[Candidate]:
-        """Propose candidates to score; an empty list means the search is finished."""
+    # -- what a strategy writes ------------------------------------------------------------------
+    def _start(self) -> None:
+        """Per-prompt state, after :meth:`setup` stored the model, task, ledger and generator."""
 
-    @abstractmethod
-    def tell(self, candidates: list[Candidate], rewards: "torch.Tensor") -> None:
-        """Receive the rewards of the candidates from the last :meth:`ask`."""
+    def _propose(self) -> list[Candidate]:
+        """The next candidates (the first call: the ordinary generation); ``[]`` ends the search."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _propose() and _update() (or ask() and tell())")
 
-    def done(self) -> bool:
+    def _update(self, candidates: list[Candidate], rewards: "torch.Tensor") -> Optional[dict]:
+        """Learn from the rewards of the last proposal; a returned dict joins the step's trace entry."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _propose() and _update() (or ask() and tell())")
+
+    def _finished(self) -> bool:
+        """The strategy's own stop rule (checked after every step)."""
         return False
 
+    # -- the template ----------------------------------------------------------------------------
+    def ask(self) -> list[Candidate]:
+        """Propose candidates to score; an empty list means the search is finished."""
+        before = self._spent()
+        self._metered_inside = False
+        candidates = self._propose()
+        if candidates and not self._metered_inside:
+            self.cost = max(1, (self._spent() - before) // len(candidates))
+        return candidates
+
+    def tell(self, candidates: list[Candidate], rewards: "torch.Tensor") -> None:
+        """Receive the rewards of the candidates from the last :meth:`ask`."""
+        if not candidates:
+            return
+        r = self._check_rewards(candidates, rewards)
+        self._record(candidates, r)
+        extra = self._update(candidates, r) or {}
+        self.trace.append({"step": self.step, "rewards": [round(float(x), 6) for x in r], "best": self._best[1],
+                           **extra, "budget": self.ledger.snapshot()})
+        self.step += 1
+
+    def done(self) -> bool:
+        if self.step == 0:
+            return False
+        return self._finished() or self.affordable(1) == 0
+
+    # -- budget arithmetic -------------------------------------------------------------------------
+    def _spent(self) -> int:
+        counter = self.model.counter
+        return counter.text_tokens + counter.image_tokens
+
+    @contextmanager
+    def metered(self, k: int) -> Iterator[None]:
+        """Measure :attr:`cost` as the generator tokens spent inside the block per ``k`` candidates
+        (for decoding that does not map one-to-one onto the proposal, e.g. a cascade's pool)."""
+        before = self._spent()
+        yield
+        self.cost = max(1, (self._spent() - before) // max(1, k))
+        self._metered_inside = True
+
+    def affordable(self, k: int) -> int:
+        """How many of ``k`` candidates the ledger's caps still allow: critic calls, and generator /
+        image tokens at :attr:`cost` per candidate (a step never starts past a cap)."""
+        b = self.ledger.budget
+        if b.critic_calls is not None:
+            k = min(k, b.critic_calls - self.ledger.critic_calls)
+        tokens = self.token_room()
+        return max(0, k if tokens is None else min(k, tokens))
+
+    def token_room(self) -> Optional[int]:
+        """Candidates the generator / image token caps still allow at :attr:`cost` (None: no cap or no cost yet)."""
+        b, ledger = self.ledger.budget, self.ledger
+        if not self.cost:
+            return None
+        room = [max(0, cap - used) // self.cost
+                for cap, used in ((b.generator_tokens, ledger.generator_tokens), (b.image_tokens, ledger.image_tokens))
+                if cap is not None]
+        return min(room) if room else None
+
+    # -- rewards and the best-so-far ---------------------------------------------------------------
     @staticmethod
     def _check_rewards(candidates: list[Candidate], rewards: "torch.Tensor") -> "torch.Tensor":
         """Rewards as a flat float32 CPU tensor, one per candidate."""
@@ -468,7 +689,7 @@ class Search(ABC):
         return r
 
     def _record(self, candidates: list[Candidate], rewards: "torch.Tensor") -> None:
-        """Track the best and last candidate; strategies call this from ``tell``.
+        """Track the best and last candidate (:meth:`tell` does; an overriding ``tell`` calls it).
 
         A candidate the runner flagged ``info["nonfinite"]`` (its critic returned NaN/inf and
         ``run.on_nonfinite: skip`` replaced the reward) ranks below every real one.

@@ -8,83 +8,20 @@ Results are appended as each prompt finishes, so a killed run resumes where it s
 
 from __future__ import annotations
 
-import inspect
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
-from milr.interfaces import Budget, BudgetLedger, Critic, Task
 from milr.errors import NonFiniteError, RunFolderError
-from milr.recipe import Recipe, RecipeError, load_recipe, preflight
+from milr.executors.shards import Shard
+# The builders live in the factory; re-exported here for callers that import them from the runner.
+from milr.factory import build_critic, build_critics, build_model, critic_labels, resolve_device  # noqa: F401
+from milr.interfaces import Budget, BudgetLedger, Critic, Task
+from milr.recipe import Recipe, load_recipe, preflight
 from milr.records import RunRecord, format_summary
-from milr.registry import CRITICS, MODELS, SEARCHES
-
-
-def _accepts(obj: Any, name: str) -> bool:
-    if inspect.isclass(obj) and obj.__init__ is object.__init__:
-        return False  # no constructor of its own: object's (*args, **kwargs) accepts nothing
-    fn = obj.__init__ if inspect.isclass(obj) else obj
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def build_model(recipe: Recipe):
-    cls = MODELS.get(recipe.model.name)
-    kwargs = dict(recipe.model.args)
-    if _accepts(cls, "device"):
-        kwargs.setdefault("device", resolve_device(recipe.run.device))
-    if _accepts(cls, "dtype"):
-        kwargs.setdefault("dtype", recipe.run.dtype)
-    return cls(**kwargs)
-
-
-def build_critic(spec, model, device: str, cache=None, dtype: str | None = None) -> Critic:
-    cls = CRITICS.get(spec.name)
-    kwargs = dict(spec.args)
-    if "model" in inspect.signature(cls.__init__).parameters:
-        kwargs["model"] = model
-    if _accepts(cls, "device") and "device" not in kwargs:
-        kwargs["device"] = device
-    if dtype is not None and _accepts(cls, "dtype") and "dtype" not in kwargs:
-        kwargs["dtype"] = dtype
-    critic = cls(**kwargs)
-    critic.init_args = dict(spec.args)
-    if cache is not None:
-        from milr.critics.cache import CachedCritic
-
-        critic = CachedCritic(critic, cache)
-    return critic
-
-
-def critic_labels(specs: list) -> list[str]:
-    """Names of critics in results and ensembles: ``as:`` when given, else the critic's name; critics
-    sharing a name are told apart by their checkpoint folder's name (``trained`` critics) or ``#i``."""
-    from pathlib import Path
-
-    names = [s.name for s in specs]
-    labels: list[str] = []
-    for i, s in enumerate(specs):
-        given = getattr(s, "label", None)
-        label = given or (Path(str(s.args["path"])).name if names.count(s.name) > 1 and s.args.get("path") else s.name)
-        if label in labels and not given:
-            label = f"{s.name}#{i}"
-        if label in labels:
-            raise RecipeError(None, f"critics.{i}.as", f"two critics are named {label!r}; give each a distinct 'as:' label")
-        labels.append(label)
-    return labels
+from milr.registry import CRITICS, SEARCHES
 
 
 def _card_cost(name: str) -> str | None:
@@ -93,33 +30,6 @@ def _card_cost(name: str) -> str | None:
     except Exception:  # an import-path critic has no registered card
         return None
     return getattr(card, "cost", None)
-
-
-def build_critics(recipe: Recipe, model, device: str):
-    """(combined critic, {name: critic}, {name: eval critic})."""
-    cache = None
-    try:
-        from milr.critics.cache import ScoreCache
-
-        cache = ScoreCache(recipe.run.cache_dir)
-    except ImportError:
-        pass
-    members = {key: build_critic(spec, model, device, cache, recipe.run.dtype)
-               for key, spec in zip(critic_labels(recipe.critics), recipe.critics)}
-    evals = {key: build_critic(spec, model, device, cache, recipe.run.dtype)
-             for key, spec in zip(critic_labels(recipe.evaluate), recipe.evaluate)}
-    if len(members) == 1 and recipe.critics[0].weight == 1.0 and not recipe.combine:
-        combined = next(iter(members.values()))
-    else:
-        from milr.critics.ensemble import Ensemble
-
-        combined = Ensemble(
-            members=list(members.values()),
-            weights=[s.weight for s in recipe.critics],
-            names=list(members),
-            **(recipe.combine or {}),
-        )
-    return combined, members, evals
 
 
 def _score(critic: Critic, images, task: Task, ledger: Optional[BudgetLedger] = None):
@@ -241,8 +151,12 @@ def run_recipe(
     resume: str | Path | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+    shard: Shard | None = None,
 ) -> Path:
-    """Run a recipe (or resume a run folder) and return the run folder."""
+    """Run a recipe (or resume a run folder) and return the run folder.
+
+    ``shard`` runs only its share of the prompts (:mod:`milr.executors.shards`); a resume keeps the manifest's.
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -260,6 +174,7 @@ def run_recipe(
         if want is not None and want != tasks_fingerprint(tasks):
             raise RunFolderError(f"{resume}: the prompts changed since the run started "
                                  f"({manifest['prompt_source'].get('source')}); start a new run")
+        shard = Shard.from_manifest(manifest)
         if record.dropped:
             log(f"milr: {len(record.dropped)} finished prompt(s) lost their images or were doubled; redoing: "
                 + ", ".join(record.dropped[:5]) + (" ..." if len(record.dropped) > 5 else ""))
@@ -269,12 +184,17 @@ def run_recipe(
             recipe = load_recipe(recipe, overrides)
         tasks = preflight(recipe)  # every user error surfaces here, before a folder or a weight exists
         name = recipe.run.name or (Path(recipe.source).stem if recipe.source else "run")
+        if shard is not None:
+            name += f"-shard{shard.index}of{shard.count}"
         device = resolve_device(recipe.run.device)
         p = recipe.prompts
         source = p.file or (f"suite {p.suite} split {p.split}" if p.suite else "inline")
         record = RunRecord.create_with_manifest(
             recipe.run.output_dir, name, recipe.to_dict(), recipe.run.seed, device,
-            {"prompts": len(tasks), "prompt_source": {"source": source, "sha256": tasks_fingerprint(tasks)}})
+            {"prompts": len(tasks), "prompt_source": {"source": source, "sha256": tasks_fingerprint(tasks)},
+             **({"shard": shard.as_manifest(len(shard.select(tasks)))} if shard is not None else {})})
+    if shard is not None:  # the manifest keeps the whole run's prompts fingerprint: merge checks it
+        tasks = shard.select(tasks)
     done = record.done_ids()
     todo = [t for t in tasks if t.id not in done]
     log(f"milr: run folder {record.dir} ({len(todo)} of {len(tasks)} prompts to do)")

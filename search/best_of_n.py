@@ -10,8 +10,8 @@ image), so strategies compared under one budget spend the same compute.
 
 Optional cascade: a cheap critic scores the N - 1 new samples and only the top ``prefilter_k``
 are returned to the runner's (expensive) critic. The cheap critic is either built from
-``prefilter_critic`` (a registry name or ``module:Class``; a constructor with a ``model``
-argument receives the MUG model) or passed in by the caller with :meth:`set_prefilter_critic`
+``prefilter_critic`` (a registry name or ``module:Class``, built by :mod:`milr.factory` with the MUG
+model and its device injected) or passed in by the caller with :meth:`set_prefilter_critic`
 before the search starts. Its calls are counted in the trace (``prefilter_calls``), not in the
 ledger's ``critic_calls``, which counts the expensive critic only.
 
@@ -21,12 +21,11 @@ passes", with 0.9 for a 0/1 critic).
 
 from __future__ import annotations
 
-import inspect
 from typing import Optional
 
 import torch
 
-from milr.interfaces import BudgetLedger, Candidate, Critic, MUGModel, Search, Task
+from milr.interfaces import Candidate, Critic, Search
 from milr.registry import CRITICS, SEARCHES
 
 
@@ -67,45 +66,37 @@ class BestOfN(Search):
             raise TypeError(f"a prefilter critic needs a score(images, prompts, metadata) method, got {type(critic).__name__}")
         self._prefilter = critic
 
-    def setup(self, model: MUGModel, task: Task, ledger: BudgetLedger, generator: torch.Generator) -> None:
-        super().setup(model, task, ledger, generator)
+    def _start(self) -> None:
         if self.prefilter_critic is not None and self._prefilter is None:
             cls = CRITICS.get(self.prefilter_critic)
             params = inspect.signature(cls).parameters
-            self._prefilter = cls(model=model) if "model" in params else cls()
+            self._prefilter = cls(model=self.model) if "model" in params else cls()
         if self.prefilter_k is not None and self._prefilter is None:
             raise ValueError("prefilter_k is set but there is no prefilter critic: give prefilter_critic or call set_prefilter_critic()")
-        self._state = model.encode_prompts([task.prompt])
+        self._state = self.model.encode_prompts([self.task.prompt])
         self._ctx = None
         self._plan: Optional[str] = None
         self._drawn = 0
         self._pending = 0
-        self._cost: Optional[int] = None  # generator tokens of one image, measured on the first
         self._prefilter_calls = 0
 
     def _sample(self, k: int, hidden: bool = False):
-        before = self.model.counter.text_tokens + self.model.counter.image_tokens
-        img = self.model.sample_image(self._ctx, num_samples=k, cfg=self.cfg, temperature=self.temperature,
-                                      generator=self.generator, return_hidden=hidden)
-        spent = self.model.counter.text_tokens + self.model.counter.image_tokens - before
-        if self._cost is None:
-            self._cost = max(1, spent // k)
+        # The plan is written once, so a sample's cost is its image alone.
+        with self.metered(k):
+            img = self.model.sample_image(self._ctx, num_samples=k, cfg=self.cfg, temperature=self.temperature,
+                                          generator=self.generator, return_hidden=hidden)
         self._drawn += k
         return img.tokens, self.model.decode_image(img.tokens)
 
     def _room(self) -> int:
         """How many more images the budget allows (critic calls; generator tokens at measured cost)."""
         room = self.n - self._drawn
-        b = self.ledger.budget
-        if b.critic_calls is not None and self.prefilter_k is None:
-            room = min(room, b.critic_calls - self.ledger.critic_calls)
-        if self._cost:
-            for cap, used in ((b.generator_tokens, self.ledger.generator_tokens), (b.image_tokens, self.ledger.image_tokens)):
-                if cap is not None:
-                    room = min(room, max(0, cap - used) // self._cost)
-        return max(0, room)
+        if self.prefilter_k is None:
+            return self.affordable(room)
+        tokens = self.token_room()  # the cheap critic's calls are not the ledger's: only tokens cap the pool
+        return max(0, room if tokens is None else min(room, tokens))
 
-    def ask(self) -> list[Candidate]:
+    def _propose(self) -> list[Candidate]:
         if self._drawn == 0:
             text = self.model.reason(self._state) if self.reasoning else None
             self._plan = text.texts[0] if text is not None else None
@@ -121,8 +112,7 @@ class BestOfN(Search):
         first = self._drawn
         tokens, pixels = self._sample(k)
         self._pending = k
-        step = len(self.trace)
-        return [Candidate(image=pixels[i], step=step, tokens=tokens[i], text=self._plan, info={"sample": first + i}) for i in range(k)]
+        return [Candidate(image=pixels[i], step=self.step, tokens=tokens[i], text=self._plan, info={"sample": first + i}) for i in range(k)]
 
     def _ask_cascade(self) -> list[Candidate]:
         pool_tokens, pool_pixels, ids = [], [], []
@@ -144,27 +134,26 @@ class BestOfN(Search):
         if self.ledger.budget.critic_calls is not None:
             keep = keep[: max(0, self.ledger.budget.critic_calls - self.ledger.critic_calls)]
         self._pending = len(keep)
-        step = len(self.trace)
-        return [Candidate(image=pixels[i], step=step, tokens=tokens[i], text=self._plan,
+        return [Candidate(image=pixels[i], step=self.step, tokens=tokens[i], text=self._plan,
                           info={"sample": ids[i], "prefilter_score": float(cheap[i])}) for i in keep.tolist()]
 
-    def tell(self, candidates: list[Candidate], rewards: torch.Tensor) -> None:
-        if not candidates:
-            return
-        r = self._check_rewards(candidates, rewards)
-        self._record(candidates, r)
+    def _update(self, candidates: list[Candidate], rewards: torch.Tensor) -> dict:
         self._pending = 0
-        entry = {"step": len(self.trace), "rewards": [round(float(x), 6) for x in r], "best": self._best[1],
-                 "samples": self._drawn, "budget": self.ledger.snapshot()}
+        entry: dict = {"samples": self._drawn}
         if self.prefilter_k is not None:
             entry["prefilter_calls"] = self._prefilter_calls
-        self.trace.append(entry)
+        return entry
 
-    def done(self) -> bool:
-        if self._drawn == 0:
-            return False
+    def _finished(self) -> bool:
         if self.threshold is not None and self._best is not None and self._best[1] > self.threshold:
             return True  # the released BoN code keeps the first passing image
         if self.prefilter_k is not None:
-            return len(self.trace) >= 2 or self._room() == 0
+            return self.step >= 2 or self._room() == 0
         return self._pending == 0 and self._room() == 0
+
+    def done(self) -> bool:
+        # The cascade's pool is capped by tokens only (the cheap critic's calls are not the
+        # ledger's), so the base class's "one more candidate affordable" does not apply to it.
+        if self.prefilter_k is not None:
+            return self._drawn > 0 and self._finished()
+        return super().done()

@@ -2,7 +2,7 @@
 
 Images are generated (MiniMUG world: TRAIN-split prompts for training, TEST-split for the held-out
 agreement) or read from a JSONL, scored by the teacher (any registered critic, or an ensemble, built
-by the runner's :func:`milr.runner.build_critic`), written as pointwise data and fitted with MSE
+by the component factory, :mod:`milr.factory`), written as pointwise data and fitted with MSE
 (:mod:`milr.training.reward`). The student/teacher Spearman on held-out images goes in the card --
 knowledge distillation of a reward, as in Hinton et al. 2015 (arXiv 1503.02531) applied to scores.
 """
@@ -31,23 +31,20 @@ log = logging.getLogger("milr.training")
 def build_teacher(spec: dict, model_spec: Optional[dict] = None, device: str = "cpu"):
     """A critic from ``{name: ..., **args}``, or an ensemble from ``{critics: [...], combine: {...}}``.
 
-    Built the way the recipe runner builds critics (:func:`milr.runner.build_critic`).
+    Built by the component factory (:mod:`milr.factory`), as a recipe's critics are: the model
+    and the device are injected where the constructors take them, members are named as in a run.
     """
+    from milr.factory import build_component, build_critic, build_ensemble
     from milr.recipe import ComponentSpec, CriticSpec
     from milr.registry import MODELS
-    from milr.runner import build_critic
 
     model = None
     if model_spec:
         ms = ComponentSpec(**model_spec)
-        model = MODELS.build(ms.name, **ms.args)
+        model = build_component(MODELS, ms.name, ms.args, device=device)
     if "critics" in spec:
-        from milr.critics.ensemble import Ensemble
-
         specs = [CriticSpec(**c) for c in spec["critics"]]
-        members = [build_critic(s, model, device) for s in specs]
-        names = [s.name if [x.name for x in specs].count(s.name) == 1 else f"{s.name}#{i}" for i, s in enumerate(specs)]
-        return Ensemble(members=members, weights=[s.weight for s in specs], names=names, **(spec.get("combine") or {}))
+        return build_ensemble(specs, spec.get("combine"), model, device, always=True)[0]
     if "name" not in spec:
         raise ValueError(f"distill.teacher must be {{name: ..., args}} or {{critics: [...]}}, got {spec!r}")
     return build_critic(ComponentSpec(**spec), model, device)
@@ -76,7 +73,7 @@ def teacher_scores(teacher, examples: list[dict], batch_size: int) -> list[float
 def _distill_examples(d: dict) -> tuple[list[dict], list[dict]]:
     """(train examples, held-out examples) with uint8 HWC images."""
     if d["source"] == "world":
-        from milr.world_data import world_images
+        from milr.world.data import world_images
 
         train = world_images(int(d["n_train"]), "train", d["tags"], int(d["seed"]), float(d["follow_fraction"]))
         test = world_images(int(d["n_test"]), "test", d["tags"], int(d["seed"]) + 1, float(d["follow_fraction"]))
@@ -103,7 +100,7 @@ def _distill_examples(d: dict) -> tuple[list[dict], list[dict]]:
 
 
 def train_distill(cfg: dict, out: Path, resume: bool = False) -> Path:
-    from milr.world_data import save_examples
+    from milr.world.data import save_examples
 
     d = cfg["distill"]
     t0 = time.perf_counter()

@@ -1,11 +1,12 @@
 """The ``milr`` command line.
 
-    milr run RECIPE [key.path=value ...] [--dry-run] [--resume RUN_DIR]
+    milr run RECIPE [key.path=value ...] [--dry-run] [--resume RUN_DIR] [--shard K/N]
+    milr merge RUN_DIR... --out DIR
     milr show RECIPE [key.path=value ...]
     milr list [critics|searches|models|suites]
     milr compare RECIPE --searches reinforce,best_of_n,cma_es [key.path=value ...]
     milr compare --recipes oracle=quickstart-oracle,quickstart=quickstart [key.path=value ...] --out DIR
-    milr train minimug CONFIG [--out DIR]
+    milr train minimug CONFIG [key.path=value ...] [--out DIR]
     milr train-critic RECIPE [key.path=value ...] [--resume]
     milr train-detector RECIPE [key.path=value ...]
     milr agree RUN_DIR|RECIPE [key.path=value ...] --out DIR [--critics YAML] [--reference CRITIC]
@@ -79,9 +80,14 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from milr.errors import UserError
+    from milr.executors.shards import parse_shard
     from milr.recipe import dump_recipe, load_recipe
 
+    shard = parse_shard(args.shard) if args.shard is not None else None
     if args.resume:
+        if shard is not None:
+            raise UserError("--resume continues the shard recorded in the run folder; give no --shard")
         from milr.runner import run_recipe
 
         run_dir = run_recipe(args.recipe, args.overrides, resume=args.resume)
@@ -93,7 +99,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         tasks = preflight(recipe)
         print(dump_recipe(recipe), end="")
-        print(f"# dry run: recipe valid; {len(tasks)} prompts; nothing loaded")
+        if shard is not None:
+            tasks = shard.select(tasks)
+        print(f"# dry run: recipe valid; {len(tasks)} prompts{f' (shard {shard.label()})' if shard else ''}; nothing loaded")
         from milr.benchmarks.oracle import recipe_verdict
 
         verdict = recipe_verdict(recipe.to_dict(), tasks)
@@ -103,8 +111,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     from milr.runner import run_recipe
 
-    run_dir = run_recipe(recipe)
+    run_dir = run_recipe(recipe, shard=shard)
     print(run_dir)
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from milr.executors.shards import merge_runs
+
+    print(merge_runs(args.runs, args.out, log=lambda s: print(s, file=sys.stderr)))
     return 0
 
 
@@ -161,15 +176,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.what != "minimug":
         print(f"milr train: unknown target {args.what!r}; allowed: minimug", file=sys.stderr)
         return 2
-    from milr.models.minimug.train import load_config, train_minimug
-    from milr.recipe import RecipeError, read_yaml_file
+    from milr.models.minimug.train_config import load_config
 
-    read_yaml_file(Path(args.config), "training config")  # size, aliases, UTF-8: the recipes' limits
-    try:  # the config's own checks, before anything trains
-        load_config(args.config)
-    except (ValueError, OSError) as e:
-        raise RecipeError(args.config, "", str(e)) from None
-    out = train_minimug(args.config, args.out)
+    load_config(args.config, args.overrides)  # the config's own checks, before torch loads or anything trains
+    from milr.models.minimug.train import train_minimug
+
+    out = train_minimug(args.config, args.out, overrides=args.overrides)
     print(out)
     return 0
 
@@ -230,7 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. search.steps=10")
     r.add_argument("--dry-run", action="store_true", help="validate and list prompts; load nothing")
     r.add_argument("--resume", metavar="RUN_DIR", help="resume a killed run from its folder")
+    r.add_argument("--shard", metavar="K/N", help="run only shard K of N (0-based: prompts with index %% N == K); "
+                   "join the shards with `milr merge`")
     r.set_defaults(fn=_cmd_run)
+
+    mg = sub.add_parser("merge", help="join the run folders of `milr run --shard K/N` into one run folder")
+    mg.add_argument("runs", nargs="+", metavar="RUN_DIR", help="the shards' run folders, every shard once")
+    mg.add_argument("--out", required=True, help="the merged run folder to create (new or empty)")
+    mg.set_defaults(fn=_cmd_merge)
 
     s = sub.add_parser("show", help="print the resolved recipe")
     s.add_argument("recipe")
@@ -253,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train MiniMUG")
     t.add_argument("what", help="minimug")
     t.add_argument("config", help="training recipe, e.g. recipes/train-minimug.yaml")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.max_steps=3")
     t.add_argument("--out", default="checkpoints/minimug", help="checkpoints, logs and exported weights (resumes if present)")
     t.set_defaults(fn=_cmd_train)
 

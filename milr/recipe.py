@@ -45,32 +45,13 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from milr.config import (  # noqa: F401  (re-exported: the names other modules import from here)
+    MAX_YAML_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES, RecipeError, RecipeErrors, apply_overrides, deep_merge,
+    describe, did_you_mean, load_data, load_raw, parse_yaml, raise_all, read_yaml_file, resolve_recipe_path,
+    shipped_recipes, Identity,
+)
 from milr.errors import UserError
 from milr.registry import CRITICS, MODELS, SEARCHES, SUITES, Registry, UnknownComponentError
-
-GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
-
-
-class RecipeError(UserError, ValueError):
-    """A recipe problem, located by file and key path."""
-
-    kind = "recipe"
-
-    def __init__(self, file: str | None, path: str, problem: str):
-        self.file = file
-        self.path = path
-        self.problem = problem
-        where = f"{file}: " if file else ""
-        super().__init__(f"{where}{path or '<root>'}: {problem}")
-
-
-class RecipeErrors(RecipeError):
-    """Several problems found at once (all are reported, not just the first)."""
-
-    def __init__(self, errors: list[RecipeError]):
-        self.errors = errors
-        ValueError.__init__(self, "\n".join(str(e) for e in errors))
-        self.file, self.path, self.problem = errors[0].file, errors[0].path, errors[0].problem
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,6 +63,7 @@ class RecipeErrors(RecipeError):
 MAX_SEED = 2**63 - 1
 MAX_THREADS = 4 * (os.cpu_count() or 1)
 MAX_COUNT = 10**9  # prompts, tokens, critic calls
+MAX_BATCH_PROMPTS = 4096  # run.batch_prompts: one thread per prompt in the batch
 
 
 class _Strict(BaseModel):
@@ -148,6 +130,9 @@ class RunSpec(_Strict):
     threads: Optional[int] = Field(default=None, gt=0, le=MAX_THREADS)  # torch CPU threads; small models run best on 1
     # A critic returning NaN/inf: stop with an error naming it, or drop that candidate and count it.
     on_nonfinite: Literal["error", "skip"] = "error"
+    # Prompts searched together: their model and critic calls are merged into one batch each (records do not
+    # depend on it; see milr/runner.py).
+    batch_prompts: int = Field(default=1, ge=1, le=MAX_BATCH_PROMPTS)
 
     @field_validator("output_dir", "cache_dir")
     @classmethod
@@ -201,183 +186,19 @@ class Recipe(_Strict):
 # ---------------------------------------------------------------------------------------------
 # Loading: files, extends, overrides
 # ---------------------------------------------------------------------------------------------
-def shipped_recipes() -> dict[str, Path]:
-    """Recipes shipped in the package, by stem (``quickstart`` -> .../recipes/quickstart.yaml)."""
-    from importlib import resources
+def recipe_identity() -> "Identity":
+    """What a recipe block *is*, for the merge rule of ``extends`` and overrides
+    (:func:`milr.config.deep_merge`): components by name, the prompt source by kind and suite."""
+    from milr.config import component_identity
 
-    root = resources.files("milr.recipes")
-    return {p.name[:-5]: Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
-
-
-def resolve_recipe_path(ref: str | Path, relative_to: Path | None = None) -> Path:
-    """A recipe file path, or the name of a shipped recipe."""
-    p = Path(ref)
-    candidates = [p]
-    if relative_to is not None and not p.is_absolute():
-        candidates.insert(0, relative_to / p)
-    for c in candidates:
-        if c.is_file():
-            return c
-    shipped = shipped_recipes()
-    stem = p.name[:-5] if p.name.endswith(".yaml") else p.name
-    if stem in shipped and (len(p.parts) == 1 or not p.exists()):
-        return shipped[stem]
-    close = difflib.get_close_matches(stem, list(shipped), n=3, cutoff=0.5)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise RecipeError(str(ref), "", f"no such recipe file{hint} (shipped recipes: {', '.join(sorted(shipped))})")
-
-
-# YAML limits. A recipe is a few KB; aliases ("billion laughs": nine aliases of nine aliases...)
-# cost nothing to parse but expand to billions of nodes in every later copy, dump or validation, so
-# the expanded size is measured (each alias counted at every use) before anything walks the data.
-MAX_YAML_BYTES = 1 << 20
-MAX_YAML_NODES = 100_000
-MAX_YAML_DEPTH = 50
-
-
-def _measure(obj: Any, file: str, path: str, memo: dict[int, tuple[int, int]], active: set[int]) -> tuple[int, int]:
-    """(expanded node count, height) of parsed YAML; shared nodes are measured once (memo)."""
-    if not isinstance(obj, (dict, list)):
-        return 1, 1
-    key = id(obj)
-    if key in memo:
-        return memo[key]
-    if key in active:
-        raise RecipeError(file, path, "not a valid recipe: a YAML alias refers to itself (recursive structure)")
-    active.add(key)
-    size, height = 1, 0
-    for child in (list(obj.keys()) + list(obj.values())) if isinstance(obj, dict) else obj:
-        n, h = _measure(child, file, path, memo, active)
-        size += n
-        height = max(height, h)
-        if size > MAX_YAML_NODES:
-            raise RecipeError(file, path, f"too large: more than {MAX_YAML_NODES} values once YAML aliases are expanded")
-        if height + 1 > MAX_YAML_DEPTH:
-            raise RecipeError(file, path, f"nested deeper than {MAX_YAML_DEPTH} levels")
-    active.discard(key)
-    memo[key] = (size, height + 1)
-    return memo[key]
-
-
-def parse_yaml(text: str, file: str, path: str = "") -> Any:
-    """``yaml.safe_load`` with limits on size, alias expansion and depth; errors as RecipeError."""
-    if len(text) > MAX_YAML_BYTES:
-        raise RecipeError(file, path, f"too large: {len(text)} characters (at most {MAX_YAML_BYTES})")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise RecipeError(file, path, "not valid YAML: " + " ".join(str(e).split())) from None
-    except RecursionError:
-        raise RecipeError(file, path, f"nested deeper than {MAX_YAML_DEPTH} levels") from None
-    except (ValueError, OverflowError) as e:  # e.g. a timestamp out of range
-        raise RecipeError(file, path, f"not valid YAML: {e}") from None
-    _measure(data, file, path, {}, set())
-    return data
-
-
-def read_yaml_file(path: Path, what: str = "recipe") -> Any:
-    """Read and parse a YAML file with :func:`parse_yaml`'s limits (UTF-8, size checked first)."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_YAML_BYTES:
-            raise RecipeError(str(path), "", f"too large for a {what}: {size} bytes (at most {MAX_YAML_BYTES})")
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise RecipeError(str(path), "", f"not UTF-8 text (byte {e.start}); save the {what} as UTF-8") from None
-    except OSError as e:
-        raise RecipeError(str(path), "", f"cannot read the {what}: {e.strerror or e}") from None
-    return parse_yaml(text, str(path))
-
-
-def _read_yaml(path: Path) -> dict:
-    data = read_yaml_file(path)
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise RecipeError(str(path), "", f"expected a mapping at the top level, found {type(data).__name__}")
-    return data
-
-
-def deep_merge(base: dict, over: dict) -> dict:
-    """Merge ``over`` onto ``base``: dicts merge key by key, everything else is replaced."""
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-def load_raw(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
-    """Read a recipe file and resolve its ``extends:`` chain."""
-    path = path.resolve()
-    if path in _seen:
-        raise RecipeError(str(path), "extends", "circular extends: " + " -> ".join(str(p) for p in _seen + (path,)))
-    data = _read_yaml(path)
-    parent = data.pop("extends", None)
-    if parent is None:
-        return data
-    if not isinstance(parent, str):
-        raise RecipeError(str(path), "extends", f"expected a recipe path or name, found {parent!r}")
-    try:
-        parent_path = resolve_recipe_path(parent, relative_to=path.parent)
-    except RecipeError as e:
-        raise RecipeError(str(path), "extends", e.problem) from None
-    return deep_merge(load_raw(parent_path, _seen + (path,)), data)
-
-
-_OVERRIDE = re.compile(r"^([A-Za-z_][\w\-]*(?:\.[\w\-]+)*)=(.*)$", re.S)
-
-
-def apply_overrides(data: dict, overrides: list[str], file: str | None = None) -> dict:
-    """Apply ``a.b.c=value`` overrides; values are parsed as YAML (``10`` is an int)."""
-    data = copy.deepcopy(data)
-    for item in overrides:
-        m = _OVERRIDE.match(item)
-        if not m:
-            raise RecipeError("command line", item, "expected an override of the form key.path=value")
-        keys, raw = m.group(1).split("."), m.group(2)
-        try:
-            value = parse_yaml(raw, "command line", m.group(1)) if raw != "" else ""
-        except RecipeError as e:
-            if "not valid YAML" not in e.problem:
-                raise
-            value = raw  # not YAML: taken as the plain string it is
-        node: Any = data
-        for depth, key in enumerate(keys[:-1]):
-            path = ".".join(keys[: depth + 1])
-            if isinstance(node, list):
-                if not key.isdigit() or int(key) >= len(node):
-                    raise RecipeError("command line", path, f"list index {key!r} out of range (0..{len(node) - 1})")
-                node = node[int(key)]
-            else:
-                if key not in node or node[key] is None:
-                    node[key] = {}
-                node = node[key]
-            if not isinstance(node, (dict, list)):
-                raise RecipeError("command line", path, f"cannot set a key inside a {type(node).__name__}")
-        last = keys[-1]
-        if isinstance(node, list):
-            if not last.isdigit() or int(last) >= len(node):
-                raise RecipeError("command line", m.group(1), f"list index {last!r} out of range")
-            node[int(last)] = value
-        else:
-            node[last] = value
-    return data
+    return component_identity(
+        {"model": MODELS, "search": SEARCHES, "critics.*": CRITICS, "evaluate.*": CRITICS, "guard.critic": CRITICS},
+        nested=CRITICS, sources={"prompts": ("suite", "file", "inline")})
 
 
 def load_recipe(ref: str | Path | dict, overrides: list[str] | tuple[str, ...] = (), check_components: bool = True) -> Recipe:
     """Load, merge, override and validate a recipe. Raises :class:`RecipeError` on any problem."""
-    if isinstance(ref, dict):
-        file, data = None, copy.deepcopy(ref)
-        parent = data.pop("extends", None)
-        if parent:
-            data = deep_merge(load_raw(resolve_recipe_path(parent)), data)
-    else:
-        path = resolve_recipe_path(ref)
-        file, data = str(path), load_raw(path)
-    data = apply_overrides(data, list(overrides), file)
+    data, file = load_data(ref, overrides, recipe_identity())
     recipe = validate(data, file)
     recipe.source = file
     if check_components:
@@ -388,47 +209,7 @@ def load_recipe(ref: str | Path | dict, overrides: list[str] | tuple[str, ...] =
 # ---------------------------------------------------------------------------------------------
 # Validation
 # ---------------------------------------------------------------------------------------------
-_EXPECTED = {
-    "int_parsing": "an integer",
-    "int_type": "an integer",
-    "int_from_float": "an integer",
-    "float_parsing": "a number",
-    "float_type": "a number",
-    "bool_parsing": "true or false",
-    "bool_type": "true or false",
-    "string_type": "a string",
-    "list_type": "a list",
-    "dict_type": "a mapping",
-    "model_type": "a mapping",
-    "model_attributes_type": "a mapping",
-}
-
-
-def _describe(err: dict, allowed_keys: dict[str, list[str]] | None = None) -> tuple[str, str]:
-    loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after"))
-    typ = err["type"]
-    found = err.get("input")
-    if typ == "missing":
-        return loc, "missing required key"
-    if typ == "extra_forbidden":
-        parent, _, key = loc.rpartition(".")
-        allowed = (allowed_keys or {}).get(parent, [])
-        close = difflib.get_close_matches(key, allowed, n=2, cutoff=0.5)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        return loc, f"unknown key{hint} (allowed: {', '.join(allowed)})" if allowed else f"unknown key{hint}"
-    if typ in _EXPECTED:
-        return loc, f"expected {_EXPECTED[typ]}, found {found!r}"
-    if typ == "literal_error":
-        return loc, f"found {found!r}; allowed: {err['ctx'].get('expected')}"
-    if typ == "finite_number":
-        return loc, f"found {found!r}; expected a finite number (not NaN or infinity)"
-    if typ in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        return loc, f"found {found!r}; expected a value {err['msg'].split('should be ')[-1]}"
-    if typ == "too_short":
-        return loc, f"found {found!r}; {err['msg']}"
-    if typ == "value_error":
-        return loc, err["msg"].removeprefix("Value error, ")
-    return loc, f"{err['msg']} (found {found!r})"
+_describe = describe  # the name other modules imported
 
 
 def _allowed_keys() -> dict[str, list[str]]:

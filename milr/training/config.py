@@ -12,14 +12,15 @@ task modules and the saved ``recipe.yaml`` use.
 
 from __future__ import annotations
 
-import difflib
 import os
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from milr.config import component_identity, did_you_mean
 from milr.recipe import MAX_SEED, MAX_THREADS, RecipeError, RecipeErrors
+from milr.registry import CRITICS, MODELS
 
 TASKS = ("pairwise", "pointwise", "contrastive", "distill")
 LOGGERS = ("csv", "tensorboard", "wandb", "mlflow", "none")
@@ -108,8 +109,7 @@ class TrainSpec(_Strict):
     def _precision(cls, v: str) -> str:
         allowed = ("64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed", "transformer-engine")
         if str(v) not in allowed:
-            close = difflib.get_close_matches(str(v), allowed, n=1, cutoff=0.5)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(str(v), allowed, n=1)
             raise ValueError(f"found {v!r}{hint} (allowed: {', '.join(allowed)})")
         return str(v)
 
@@ -142,10 +142,10 @@ class TrainCriticConfig(_Strict):
     distill: DistillSpec = DistillSpec()
 
 
-_SECTIONS = {"": TrainCriticConfig, "data": DataSpec, "data.generate": GenerateSpec, "model": ModelSpec,
-             "train": TrainSpec, "distill": DistillSpec}
-_FREE_FORM = ("distill.teacher", "distill.teacher_model", "model.open_clip_config", "model.preprocess", "data.columns",
-              "data.generate.kind_weights")
+
+# The merge rule of extends and overrides: a teacher (or teacher model) given another name replaces
+# the parent's, arguments and all (milr.config.deep_merge).
+TRAIN_IDENTITY = component_identity({"distill.teacher": CRITICS, "distill.teacher_model": MODELS}, nested=CRITICS)
 
 
 def _resolve_file_paths(data: dict, base_dir: Path) -> None:
@@ -169,32 +169,24 @@ def _resolve_file_paths(data: dict, base_dir: Path) -> None:
 
 
 def _errors(e: ValidationError, file: Optional[str]) -> RecipeError:
-    """One RecipeError per problem; unknown keys are listed together with their did-you-mean."""
-    from milr.recipe import _describe
+    """One RecipeError per problem (unknown keys together, each with its did-you-mean); the task
+    and the output folder with their own words."""
+    from milr.config import schema_errors
 
-    allowed = {k: list(v.model_fields) for k, v in _SECTIONS.items()}
     out: list[RecipeError] = []
-    unknown: list[tuple[str, str]] = []
+    rest = []
     for err in e.errors():
         loc = ".".join(str(x) for x in err["loc"])
-        if err["type"] == "extra_forbidden" and not loc.startswith(_FREE_FORM):
-            parent, _, key = loc.rpartition(".")
-            close = difflib.get_close_matches(key, allowed.get(parent, []), n=1, cutoff=0.5)
-            unknown.append((loc, f"{loc!r} (did you mean {(parent + '.' if parent else '') + close[0]!r}?)" if close else repr(loc)))
-            continue
         if loc == "task" and err["type"] == "literal_error":
-            close = difflib.get_close_matches(str(err.get("input")), TASKS, n=1, cutoff=0.5)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(str(err.get("input")), TASKS, n=1)
             out.append(RecipeError(file, "task", f"task must be one of {', '.join(TASKS)}, got {err.get('input')!r}{hint}"))
-            continue
-        if loc == "output" and err["type"] == "missing":
+        elif loc == "output" and err["type"] == "missing":
             out.append(RecipeError(file, "output", "'output' (the checkpoint folder) is required"))
-            continue
-        out.append(RecipeError(file, *_describe(err, allowed)))
-    if unknown:
-        parents = sorted({loc.rpartition(".")[0] for loc, _ in unknown})
-        allowed_txt = "; ".join(f"{p or 'top level'}: {', '.join(allowed.get(p, []))}" for p in parents)
-        out.insert(0, RecipeError(file, unknown[0][0], f"unknown keys {', '.join(u for _, u in unknown)} (allowed {allowed_txt})"))
+        else:
+            rest.append(err)
+    if rest:
+        found = schema_errors(rest, file, TrainCriticConfig, group_unknown=True)
+        out = getattr(found, "errors", [found]) + out
     return out[0] if len(out) == 1 else RecipeErrors(out)
 
 
@@ -234,22 +226,10 @@ def load_train_recipe(recipe: Union[str, Path, dict], overrides: Union[Sequence[
     ``overrides``: dotted ``key.path=value`` strings (values parsed as YAML) or a nested dict.
     Raises :class:`milr.recipe.RecipeError` (a ``ValueError``) naming the key path.
     """
-    import copy
+    from milr.config import load_data
 
-    from milr.recipe import apply_overrides, deep_merge, load_raw, resolve_recipe_path
-
-    if isinstance(recipe, dict):
-        data, file = copy.deepcopy(recipe), None
-    else:
-        path = resolve_recipe_path(recipe)
-        file = str(path)
-        data = load_raw(path)
-        _resolve_file_paths(data, path.resolve().parent)
-    # Overrides come after: their relative paths stay relative to the working directory.
-    if isinstance(overrides, dict):
-        data = deep_merge(data, overrides)
-    elif overrides:
-        data = apply_overrides(data, list(overrides), file)
+    # Relative paths in the file are the file's; the command line's stay the working directory's.
+    data, file = load_data(recipe, overrides, TRAIN_IDENTITY, before_overrides=_resolve_file_paths)
     try:
         cfg = TrainCriticConfig.model_validate(data).model_dump()
     except ValidationError as e:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Sequence, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 WEIGHTS_FILE = "world_detector.pt"
 
@@ -139,29 +139,18 @@ class DetectorTrainConfig(_Strict):
 
 def load_detector_config(ref: Union[str, Path, dict], overrides: Sequence[str] = ()) -> DetectorTrainConfig:
     """Read, merge (``extends``), override and validate; raises :class:`milr.recipe.RecipeError`."""
-    from milr.recipe import RecipeError, RecipeErrors, _describe, apply_overrides, load_raw, resolve_recipe_path
+    from milr.config import load_data, validate_schema
 
-    if isinstance(ref, dict):
-        file, data = None, dict(ref)
-    else:
-        path = resolve_recipe_path(ref)
-        file, data = str(path), load_raw(path)
-    data = apply_overrides(data, list(overrides), file)
-    try:
-        return DetectorTrainConfig.model_validate(data)
-    except ValidationError as e:
-        allowed = {"": list(DetectorTrainConfig.model_fields)}
-        for sub in ("data", "model", "train"):
-            allowed[sub] = list(type(getattr(DetectorTrainConfig(), sub)).model_fields)
-        errors = [RecipeError(file, *_describe(err, allowed)) for err in e.errors()]
-        raise (errors[0] if len(errors) == 1 else RecipeErrors(errors)) from None
+    data, file = load_data(ref, overrides)
+    return validate_schema(DetectorTrainConfig, data, file)
 
 
 # ---------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------
 def _scene_for_kind(kind: str, rng: np.random.Generator):
-    from milr.models.minimug import suite, world
+    from milr import world
+    from milr.world import suite
 
     if kind == "unconditional":
         return world.random_scene(rng)
@@ -173,7 +162,7 @@ def _scene_for_kind(kind: str, rng: np.random.Generator):
 
 def yolo_labels(scene) -> list[str]:
     """YOLO label lines ``cls cx cy w h`` (normalised) from a scene's ground-truth objects."""
-    from milr.models.minimug import world
+    from milr import world
 
     size = float(world.IMAGE_SIZE)
     lines = []
@@ -194,7 +183,9 @@ def corrupt_tokens(images: np.ndarray, scenes: list, tokenizer: Any, rng: np.ran
     """
     import torch
 
-    from milr.models.minimug import scorer, tokenizer as tk, world
+    from milr import world
+    from milr.models.minimug import tokenizer as tk
+    from milr.world import palette
 
     codes = tokenizer.encode(images).numpy().copy()  # [B, 64]
     blank = int(tokenizer.encode(np.full((1, 32, 32, 3), 255, np.uint8))[0, 0])
@@ -216,14 +207,14 @@ def corrupt_tokens(images: np.ndarray, scenes: list, tokenizer: Any, rng: np.ran
     out = tokenizer.decode_uint8(torch.from_numpy(codes))
     kept = []
     for img, scene in zip(out, scenes):
-        labels = scorer.palette_labels(img)
+        labels = palette.palette_labels(img)
         truth = world.render(scene)
-        true_labels = scorer.palette_labels(truth)
+        true_labels = palette.palette_labels(truth)
         flags = []
         for obj in scene.objects:
             x1, y1, x2, y2 = world.obj_box(obj)
             X1, Y1, X2, Y2 = max(0, x1 - p), max(0, y1 - p), min(32, x2 + p), min(32, y2 + p)
-            colour = scorer.COLOR_NAMES.index(obj.color) + 1
+            colour = palette.COLOR_NAMES.index(obj.color) + 1
             want = np.zeros((32, 32), bool)
             want[y1:y2, x1:x2] = true_labels[y1:y2, x1:x2] == colour
             got = np.zeros((32, 32), bool)
@@ -243,7 +234,7 @@ def write_dataset(cfg: DetectorData, root: Union[str, Path], tokenizer: Any = No
     import yaml
     from PIL import Image
 
-    from milr.models.minimug import world
+    from milr import world
 
     root = Path(root)
     shares = np.array([cfg.unconditional, cfg.follow, cfg.violate], dtype=float)
@@ -305,7 +296,7 @@ def train_detector(cfg: DetectorTrainConfig, log=print) -> Path:
     """Write the data, train, export the weights and the card; returns the output folder."""
     import torch
 
-    from milr.models.minimug import world
+    from milr import world
 
     out = Path(cfg.output).resolve()
     out.mkdir(parents=True, exist_ok=True)

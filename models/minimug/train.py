@@ -12,7 +12,7 @@ one autoregressive transformer trained on a mix of
   question/answer pairs per image (loss on the answers only).
 
 Samples are drawn fresh from the scene world every step, from TRAIN prompts only
-(:func:`milr.models.minimug.suite.is_train_prompt`); batch ``i`` is a pure function of
+(:func:`milr.world.suite.is_train_prompt`); batch ``i`` is a pure function of
 ``(seed, i)``, so a run is reproducible from its seed and resumes with the data it would have seen.
 
 Entry point: :func:`train_minimug` (``milr train minimug CONFIG --out DIR``). Checkpoints every
@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -36,47 +36,14 @@ import yaml
 
 from .model import ANS, BOI, BOS, EOP, IMG, PAD, PLAN, Q, SPECIALS, UNK, CONFIG_FILE, WEIGHTS_FILE, MiniMUGConfig, MiniMUGNet, split_words
 from .tokenizer import PatchTokenizer
+# The config schema and its loader live in train_config (no torch: the CLI checks a config first).
+from .train_config import DEFAULTS, load_config  # noqa: F401
 
 IGNORE = -100
 
-DEFAULTS: dict[str, Any] = {
-    "seed": 0,
-    "threads": 2,
-    "tokenizer": {"images": 20000, "codebook_size": 2048, "weight_power": 0.5, "iters": 30},
-    "model": {"hidden_size": 192, "layers": 6, "heads": 6, "gen_embed_dim": 64, "max_positions": 192,
-              "max_plan_tokens": 24, "default_cfg": 1.5, "default_temperature": 1.0},
-    "data": {"batch_size": 64, "understanding_fraction": 0.25, "questions_per_image": 4, "no_plan_fraction": 0.15,
-             "cond_dropout": 0.1, "violating_fraction": 0.4, "random_scene_fraction": 0.2},
-    "loss": {"image": 1.0, "plan": 1.0, "answer": 1.0},
-    "optim": {"lr": 1.0e-3, "min_lr_ratio": 0.1, "weight_decay": 0.05, "betas": [0.9, 0.95], "warmup_steps": 200,
-              "grad_clip": 1.0},
-    "trainer": {"max_steps": 6000, "max_minutes": 58.0, "checkpoint_minutes": 3.0, "log_every": 50,
-                "progress_bar": False, "num_workers": 0},
-}
-
-
-def load_config(path: Union[str, Path, dict]) -> dict:
-    """A training config: the YAML file's sections merged over :data:`DEFAULTS` (unknown keys rejected)."""
-    raw = dict(path) if isinstance(path, dict) else (yaml.safe_load(Path(path).read_text()) or {})
-    cfg: dict[str, Any] = json.loads(json.dumps(DEFAULTS))
-    for key, value in raw.items():
-        if key not in cfg:
-            raise ValueError(f"unknown training config key {key!r}; known: {sorted(cfg)}")
-        if isinstance(cfg[key], dict):
-            if not isinstance(value, dict):
-                raise ValueError(f"config section {key!r} must be a mapping")
-            unknown = set(value) - set(cfg[key])
-            if unknown:
-                raise ValueError(f"unknown keys {sorted(unknown)} in config section {key!r}; known: {sorted(cfg[key])}")
-            cfg[key].update(value)
-        else:
-            cfg[key] = value
-    return cfg
-
-
 def world_words() -> list[str]:
     """Text vocabulary: every word the world emits, plus the answers."""
-    from . import world
+    from milr import world
 
     words = [w for w in world.VOCAB if w not in SPECIALS]
     for w in ("yes", "no"):
@@ -94,7 +61,8 @@ def model_config(cfg: dict) -> MiniMUGConfig:
 # ---------------------------------------------------------------------------------------------
 def render_training_images(n: int, seed: int) -> np.ndarray:
     """Rendered world images for fitting the tokenizer: scenes for train prompts and near-misses."""
-    from . import suite, world
+    from milr import world
+    from milr.world import suite
 
     rng = np.random.default_rng([seed, 1])
     out = np.empty((n, world.IMAGE_SIZE, world.IMAGE_SIZE, 3), np.uint8)
@@ -187,7 +155,8 @@ class WorldBatches(torch.utils.data.IterableDataset):
         self.start_step = start_step
 
     def batch(self, index: int) -> dict[str, torch.Tensor]:
-        from . import suite, world
+        from milr import world
+        from milr.world import suite
 
         d = self.cfg["data"]
         rng = np.random.default_rng([int(self.cfg["seed"]), 2, index])
@@ -369,7 +338,8 @@ def net_from_checkpoint(ckpt_path: Union[str, Path], cfg: dict) -> MiniMUGNet:
 # ---------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------
-def train_minimug(config_path: Union[str, Path, dict], out_dir: Union[str, Path], resume: bool = True) -> Path:
+def train_minimug(config_path: Union[str, Path, dict], out_dir: Union[str, Path], resume: bool = True,
+                  overrides: Sequence[str] = ()) -> Path:
     """Fit the tokenizer, train the transformer, export weights to ``out_dir/weights``.
 
     Resumes from ``out_dir/checkpoints/last.ckpt`` when it exists and ``resume`` is true; the
@@ -379,7 +349,7 @@ def train_minimug(config_path: Union[str, Path, dict], out_dir: Union[str, Path]
     pl = _lightning()
     from safetensors.torch import load_file, save_file
 
-    cfg = load_config(config_path)
+    cfg = load_config(config_path, overrides)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.resolved.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -15,21 +15,24 @@ linear time and memory in the dimension), which is what makes a 7B model's ~90,0
 numbers tractable. ``popsize=None`` takes the population from the budget: enough evaluations for
 ``generations`` generations within the ledger's critic-call or generator-token cap (at the
 measured cost of one candidate), clipped to [4, pycma's default 4 + 3 ln n]; without a cap,
-pycma's default. pycma minimises, so the fitness is ``-reward``. pycma seeds numpy's global
-generator from ``seed`` (drawn from the task's torch generator).
+pycma's default. pycma minimises, so the fitness is ``-reward``. pycma draws from numpy's global
+generator, seeded from ``seed`` (drawn from the task's torch generator); each search keeps that
+generator's state as its own and swaps it in around pycma's calls, so searches of several prompts
+interleaved in one batch (``run.batch_prompts``) draw exactly what they draw alone.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import Literal, Optional
 
 import numpy as np
 import torch
 
-from milr.interfaces import BudgetLedger, Candidate, MUGModel, Search, Task
+from milr.interfaces import Candidate, Search
 from milr.registry import SEARCHES
-from milr.search.reinforce import LatentSpace, affordable, count_latents, sample_tokens
+from milr.search.latent_space import LatentSpace, count_latents, sample_tokens
 
 
 @SEARCHES.register("cma_es")
@@ -80,14 +83,13 @@ class CMAES(Search):
         self.token_choice, self.threshold = token_choice, threshold
         self.cfg, self.temperature, self.max_text_tokens = cfg, temperature, max_text_tokens
 
-    def setup(self, model: MUGModel, task: Task, ledger: BudgetLedger, generator: torch.Generator) -> None:
-        super().setup(model, task, ledger, generator)
-        self.space = LatentSpace(model, task.prompt, generator, reasoning=True, cfg=self.cfg,
+    def _start(self) -> None:
+        self.space = LatentSpace(self.model, self.task.prompt, self.generator, reasoning=True, cfg=self.cfg,
                                  temperature=self.temperature, max_text_tokens=self.max_text_tokens)
         self.es = None
         self.generation = 0
         self._asked: Optional[list[np.ndarray]] = None
-        self._cost: Optional[int] = None
+        self._np_state: Optional[tuple] = None  # numpy's global generator as this search left it
 
     # -- latents <-> vector ---------------------------------------------------------------------
     def _init_latents(self, text, img) -> None:
@@ -126,13 +128,26 @@ class CMAES(Search):
             return logits.argmax(-1)
         return sample_tokens(logits, self.generator, 1)[0]
 
-    # -- protocol --------------------------------------------------------------------------------
-    def _start(self, popsize: int) -> None:
+    # -- numpy's global generator, per search --------------------------------------------------------
+    @contextmanager
+    def _own_numpy_generator(self):
+        outside = np.random.get_state()
+        if self._np_state is not None:
+            np.random.set_state(self._np_state)
+        try:
+            yield
+        finally:
+            self._np_state = np.random.get_state()
+            np.random.set_state(outside)
+
+    # -- the strategy: proposal and update ---------------------------------------------------------
+    def _start_es(self, popsize: int) -> None:
         import cma
 
         seed = int(torch.randint(1, 2**31 - 1, (1,), generator=self.generator, device=self.generator.device))
         opts = {"popsize": popsize, "seed": seed, "verbose": -9, "CMA_diagonal": bool(self.diagonal)}
-        self.es = cma.CMAEvolutionStrategy(np.zeros(self.dim), self.sigma, opts)
+        with self._own_numpy_generator():
+            self.es = cma.CMAEvolutionStrategy(np.zeros(self.dim), self.sigma, opts)
 
     def _derive_popsize(self) -> int:
         default = 4 + int(3 * math.log(self.dim))
@@ -140,29 +155,26 @@ class CMAES(Search):
         evals = []
         if b.critic_calls is not None:
             evals.append(b.critic_calls - self.ledger.critic_calls)
-        if self._cost:
-            for cap, used in ((b.generator_tokens, self.ledger.generator_tokens), (b.image_tokens, self.ledger.image_tokens)):
-                if cap is not None:
-                    evals.append(max(0, cap - used) // self._cost)
+        if self.token_room() is not None:
+            evals.append(self.token_room())
         if not evals:
             return default
         return int(min(default, max(4, min(evals) // self.generations)))
 
-    def ask(self) -> list[Candidate]:
+    def _propose(self) -> list[Candidate]:
         model = self.model
-        if self.es is None and not self.trace:
-            before = model.counter.text_tokens + model.counter.image_tokens
+        if self.step == 0:
             text, img, pixels = self.space.initial()
-            self._cost = max(1, model.counter.text_tokens + model.counter.image_tokens - before)
             self._init_latents(text, img)
             return [Candidate(image=pixels[0], step=0, tokens=img.tokens[0],
                               text=None if text is None else text.texts[0], info={"initial": True, "dim": self.dim})]
         if self.es is None:
-            self._start(self.popsize or self._derive_popsize())
+            self._start_es(self.popsize or self._derive_popsize())
         if self.generation >= self.generations:
             return []
-        xs = self.es.ask()
-        k = affordable(self.ledger, len(xs), self._cost)
+        with self._own_numpy_generator():
+            xs = self.es.ask()
+        k = self.affordable(len(xs))
         if k < 2:  # pycma cannot learn from fewer than two solutions
             return []
         xs = xs[:k]
@@ -175,34 +187,25 @@ class CMAES(Search):
                 if zv is not None:
                     logits = model.image_logits(zv.to(model.device, model.dtype), self.space.cfg).float() / self.space.temperature
                     image_prefixes.append(self._tokens(logits).cpu())
-        before = model.counter.text_tokens + model.counter.image_tokens
         plans, tokens, pixels = self.space.decode(
             k, text_prefixes or None, torch.stack(image_prefixes) if image_prefixes else None)
-        self._cost = max(1, (model.counter.text_tokens + model.counter.image_tokens - before) // k)
         self._asked = xs
         return [Candidate(image=pixels[i], step=self.generation + 1, tokens=tokens[i],
                           text=None if plans is None else plans[i], info={"generation": self.generation + 1})
                 for i in range(k)]
 
-    def tell(self, candidates: list[Candidate], rewards: torch.Tensor) -> None:
-        if not candidates:
-            return
-        r = self._check_rewards(candidates, rewards)
-        self._record(candidates, r)
-        entry = {"step": len(self.trace), "rewards": [round(float(x), 6) for x in r], "best": self._best[1]}
-        if self._asked is not None:
-            self.es.tell(self._asked, [-float(x) for x in r])
-            self._asked = None
-            self.generation += 1
-            entry["sigma"] = float(self.es.sigma)
-        entry["budget"] = self.ledger.snapshot()
-        self.trace.append(entry)
+    def _update(self, candidates: list[Candidate], rewards: torch.Tensor) -> dict:
+        if self._asked is None:
+            return {}
+        with self._own_numpy_generator():
+            self.es.tell(self._asked, [-float(x) for x in rewards])
+        self._asked = None
+        self.generation += 1
+        return {"sigma": float(self.es.sigma)}
 
-    def done(self) -> bool:
-        if not self.trace:
-            return False
+    def _finished(self) -> bool:
         if self.threshold is not None and self._best[1] > self.threshold:
             return True
-        if affordable(self.ledger, 2, self._cost) < 2:
+        if self.affordable(2) < 2:
             return True
         return self.generation >= self.generations

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from milr.interfaces import BudgetLedger, Candidate, MUGModel, Search, Task
+from milr.interfaces import Candidate, Search
 from milr.registry import SEARCHES
 
 
@@ -24,15 +24,9 @@ class PlainGeneration(Search):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.reasoning, self.cfg, self.temperature = reasoning, cfg, temperature
 
-    def setup(self, model: MUGModel, task: Task, ledger: BudgetLedger, generator: torch.Generator) -> None:
-        super().setup(model, task, ledger, generator)
-        self._asked = False
-        self._told = False
-
-    def ask(self) -> list[Candidate]:
-        if self._asked:
+    def _propose(self) -> list[Candidate]:
+        if self.step > 0:
             return []
-        self._asked = True
         state = self.model.encode_prompts([self.task.prompt])
         text = self.model.reason(state) if self.reasoning else None
         ctx = self.model.image_context(state, text.texts if text is not None else None)
@@ -42,14 +36,8 @@ class PlainGeneration(Search):
         return [Candidate(image=pixels[0], step=0, tokens=img.tokens[0],
                           text=text.texts[0] if text is not None else None, info={"initial": True})]
 
-    def tell(self, candidates: list[Candidate], rewards: torch.Tensor) -> None:
-        if not candidates:
-            return
-        r = torch.as_tensor(rewards, dtype=torch.float32).reshape(-1)
-        self._record(candidates, r)
-        self._told = True
-        self.trace.append({"step": 0, "rewards": [float(x) for x in r], "best": self._best[1],
-                           "budget": self.ledger.snapshot()})
+    def _update(self, candidates: list[Candidate], rewards: torch.Tensor) -> None:
+        return None  # nothing to learn: one generation
 
-    def done(self) -> bool:
-        return self._told
+    def _finished(self) -> bool:
+        return self.step > 0

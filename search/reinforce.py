@@ -32,119 +32,23 @@ step), ``alternate`` (odd steps text, even steps image) and ``text_then_image`` 
 first ``floor(steps / 2)`` steps, image after).
 
 Deviation from the code, for tiny models only: a positive fraction selects at least one latent
-(``max(1, floor(fraction * n))``), so a 16-token toy image still has an image latent; for
-Janus-Pro (576 image tokens) the counts are the code's.
+(``max(1, floor(fraction * n))``, :func:`milr.search.latent_space.count_latents`), so a 16-token
+toy image still has an image latent; for Janus-Pro (576 image tokens) the counts are the code's.
+The latents, caches and decoding live in :mod:`milr.search.latent_space`; this module is the
+proposal (prefix tokens from the latents) and the update (Adam on the REINFORCE loss).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal, Optional
 
 import torch
 
-from milr.interfaces import BudgetLedger, Candidate, MUGModel, Search, Task
+from milr.interfaces import Candidate, Search
 from milr.registry import SEARCHES
+from milr.search.latent_space import LatentSpace, count_latents, sample_tokens
 
-
-def count_latents(fraction: float, n: int) -> int:
-    """Number of leading positions a fraction selects (at least one when both are positive)."""
-    if fraction < 0 or fraction > 1:
-        raise ValueError(f"a latent fraction must be in [0, 1], got {fraction}")
-    if n <= 0 or fraction == 0:
-        return 0
-    return min(n, max(1, int(math.floor(fraction * n))))
-
-
-class LatentSpace:
-    """One task's prompt caches and decoder: plans and images from (text, image) token prefixes.
-
-    The prompt is encoded once (``encode_prompts``), once more per batch width the search uses
-    (a ``k``-row state of the same prompt, reused by every later step), and an image context is
-    encoded once per distinct list of plans. Shared by ``reinforce`` and ``cma_es``.
-    """
-
-    def __init__(
-        self,
-        model: MUGModel,
-        prompt: str,
-        generator: torch.Generator,
-        *,
-        reasoning: bool = True,
-        cfg: Optional[float] = None,
-        temperature: Optional[float] = None,
-        max_text_tokens: Optional[int] = None,
-        use_prompt_cache: bool = True,
-    ):
-        self.model = model
-        self.prompt = prompt
-        self.generator = generator
-        self.reasoning = reasoning
-        self.cfg = model.default_cfg if cfg is None else float(cfg)
-        self.temperature = model.default_temperature if temperature is None else float(temperature)
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        self.max_text_tokens = max_text_tokens
-        self.use_prompt_cache = use_prompt_cache
-        self._states: dict[int, Any] = {1: model.encode_prompts([prompt])}
-        self._contexts: dict[tuple, Any] = {}
-        self.plan: Optional[str] = None  # the initial generation's plan
-
-    # With use_prompt_cache=False the states are still built once; the model is told to recompute
-    # the prefix from them at every call, which is what the speed benchmark compares.
-    def state(self, rows: int) -> Any:
-        if rows not in self._states:
-            self._states[rows] = self.model.encode_prompts([self.prompt] * rows)
-        return self._states[rows]
-
-    def context(self, plans: Optional[list[str]], rows: int) -> Any:
-        key = (rows, tuple(plans) if plans is not None else None)
-        if key not in self._contexts:
-            if len(self._contexts) >= 8:  # plans change every step in text mode; keep a few
-                self._contexts.pop(next(iter(self._contexts)))
-            self._contexts[key] = self.model.image_context(self.state(rows), plans)
-        return self._contexts[key]
-
-    def initial(self):
-        """One ordinary generation with hidden states: (TextResult | None, ImageResult, pixels)."""
-        text = None
-        if self.reasoning:
-            text = self.model.reason(self.state(1), max_new_tokens=self.max_text_tokens, use_prompt_cache=self.use_prompt_cache)
-            self.plan = text.texts[0]
-        ctx = self.context([self.plan] if self.reasoning else None, 1)
-        img = self.model.sample_image(
-            ctx, num_samples=1, cfg=self.cfg, temperature=self.temperature, generator=self.generator,
-            return_hidden=True, use_prompt_cache=self.use_prompt_cache,
-        )
-        if img.hidden is None:
-            raise RuntimeError(f"{type(self.model).__name__}.sample_image returned no hidden states; latent search needs them")
-        return text, img, self.model.decode_image(img.tokens)
-
-    def decode(
-        self,
-        rows: int,
-        text_prefixes: Optional[list[torch.Tensor]] = None,
-        image_prefixes: Optional[torch.Tensor] = None,
-    ) -> tuple[Optional[list[str]], torch.Tensor, torch.Tensor]:
-        """Decode ``rows`` candidates as one batch: (plans, image tokens ``[rows, N]``, pixels).
-
-        ``text_prefixes`` (one id tensor per row) forces the plan's first tokens, which are then
-        continued greedily; without it the initial plan is reused. ``image_prefixes`` ``[rows, L]``
-        forces the first image tokens; the rest are sampled on the (new) plan.
-        """
-        plans: Optional[list[str]] = [self.plan] * rows if self.reasoning else None
-        if text_prefixes is not None:
-            text = self.model.reason(
-                self.state(rows), prefix_ids=text_prefixes, max_new_tokens=self.max_text_tokens,
-                use_prompt_cache=self.use_prompt_cache,
-            )
-            plans = text.texts
-        ctx = self.context(plans, rows)
-        img = self.model.sample_image(
-            ctx, num_samples=1, prefix_tokens=image_prefixes, cfg=self.cfg, temperature=self.temperature,
-            generator=self.generator, return_hidden=False, use_prompt_cache=self.use_prompt_cache,
-        )
-        return plans, img.tokens, self.model.decode_image(img.tokens)
+__all__ = ["Reinforce", "count_latents", "faithful_log_prob", "exact_log_prob"]
 
 
 def faithful_log_prob(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -155,27 +59,6 @@ def faithful_log_prob(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tenso
 
 def exact_log_prob(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-
-
-def sample_tokens(logits: torch.Tensor, generator: torch.Generator, k: int) -> torch.Tensor:
-    """``k`` independent draws per position from ``softmax(logits)`` ``[L, V]`` -> ``[k, L]``."""
-    if logits.shape[0] == 0:
-        return torch.zeros(k, 0, dtype=torch.long, device=logits.device)
-    probs = torch.softmax(logits.float(), dim=-1)
-    return torch.multinomial(probs, k, replacement=True, generator=generator).T.contiguous()
-
-
-def affordable(ledger: BudgetLedger, k: int, cost: Optional[int]) -> int:
-    """How many of ``k`` candidates the ledger's caps still allow: critic calls, and generator /
-    text+image tokens at ``cost`` tokens per candidate (a step never starts past a cap)."""
-    b = ledger.budget
-    if b.critic_calls is not None:
-        k = min(k, b.critic_calls - ledger.critic_calls)
-    if cost:
-        for cap, used in ((b.generator_tokens, ledger.generator_tokens), (b.image_tokens, ledger.image_tokens)):
-            if cap is not None:
-                k = min(k, max(0, cap - used) // cost)
-    return max(0, k)
 
 
 @SEARCHES.register("reinforce")
@@ -273,40 +156,35 @@ class Reinforce(Search):
         self.cfg, self.temperature, self.text_temperature = cfg, temperature, text_temperature
         self.max_text_tokens, self.grad_clip, self.use_prompt_cache = max_text_tokens, grad_clip, use_prompt_cache
 
-    # -- protocol --------------------------------------------------------------------------------
-    def setup(self, model: MUGModel, task: Task, ledger: BudgetLedger, generator: torch.Generator) -> None:
-        super().setup(model, task, ledger, generator)
+    # -- the strategy: proposal and update (the bookkeeping is Search's) -----------------------------
+    def _start(self) -> None:
         self.space = LatentSpace(
-            model, task.prompt, generator, reasoning=True, cfg=self.cfg,
+            self.model, self.task.prompt, self.generator, reasoning=True, cfg=self.cfg,
             temperature=self.temperature, max_text_tokens=self.max_text_tokens, use_prompt_cache=self.use_prompt_cache,
         )
-        self.step = 0
         self.z_text: Optional[torch.nn.Parameter] = None
         self.z_image: Optional[torch.nn.Parameter] = None
         self._opts: dict[str, torch.optim.Adam] = {}
-        self._pending: Optional[dict] = None  # what the next update needs: rewards and tokens
+        self._pending: Optional[dict] = None  # what the next update needs: active latents and tokens
         self._history: list[float] = []  # every reward so far (for the one-sample baseline)
         self._last_reward: Optional[float] = None
-        self._cost: Optional[int] = None  # generator tokens of one candidate, as last measured
 
-    def ask(self) -> list[Candidate]:
+    def _propose(self) -> list[Candidate]:
         if self.step == 0:
             return [self._initial()]
         if self.step > self.steps:
             return []
-        k = self._batch_size()
+        k = self.affordable(self.samples)
         if k == 0:
             return []
         active = self._active(self.step)
         updated: list[str] = []
         if self.token_choice == "argmax":
             # The code's order: step k's update uses the previous image's reward, then decodes.
-            updated = self._update(active, self._argmax_objective(active))
+            updated = self._adam_step(active, self._argmax_objective(active))
         text_prefixes, text_tokens = self._text_prefixes(k, active)
         image_tokens = self._image_prefixes(k)
-        before = self._spent()
         plans, tokens, pixels = self.space.decode(k, text_prefixes, image_tokens)
-        self._cost = max(1, (self._spent() - before) // k)
         self._pending = {"active": active, "text": text_tokens, "image": image_tokens, "updated": updated}
         return [
             Candidate(
@@ -316,36 +194,20 @@ class Reinforce(Search):
             for i in range(k)
         ]
 
-    def tell(self, candidates: list[Candidate], rewards: torch.Tensor) -> None:
-        if len(candidates) == 0:
-            return
-        r = self._check_rewards(candidates, rewards)
-        self._record(candidates, r)
+    def _update(self, candidates: list[Candidate], rewards: torch.Tensor) -> dict:
         updated = list(self._pending["updated"]) if self._pending else []
         if self.step > 0 and self.token_choice == "sample" and self.step <= self.steps:
-            updated = self._update(self._pending["active"], self._sampled_objective(r))
-        self._history.extend(float(x) for x in r)
-        self._last_reward = float(r.mean()) if self.token_choice == "argmax" else float(r.max())
-        self.trace.append({
-            "step": self.step,
-            "rewards": [round(float(x), 6) for x in r],
-            "best": self._best[1],
-            "updated": updated,
-            "budget": self.ledger.snapshot(),
-        })
-        self.step += 1
+            updated = self._adam_step(self._pending["active"], self._sampled_objective(rewards))
+        self._history.extend(float(x) for x in rewards)
+        self._last_reward = float(rewards.mean()) if self.token_choice == "argmax" else float(rewards.max())
+        return {"updated": updated}
 
-    def done(self) -> bool:
-        if self.step == 0:
-            return False
+    def _finished(self) -> bool:
         if self.step > self.steps:
-            return True
-        if affordable(self.ledger, 1, self._cost) == 0:
             return True
         if self.threshold is not None:
             ref = self._best[1] if self.return_best else self._last[1]
-            if ref > self.threshold:
-                return True
+            return ref > self.threshold
         return False
 
     def best(self) -> tuple[Candidate, float]:
@@ -356,12 +218,6 @@ class Reinforce(Search):
         return self._last
 
     # -- internals -------------------------------------------------------------------------------
-    def _batch_size(self) -> int:
-        return affordable(self.ledger, self.samples, self._cost)
-
-    def _spent(self) -> int:
-        return self.model.counter.text_tokens + self.model.counter.image_tokens
-
     def _active(self, step: int) -> set[str]:
         if self.mode == "text":
             return {"text"}
@@ -374,9 +230,7 @@ class Reinforce(Search):
         return {"text", "image"}
 
     def _initial(self) -> Candidate:
-        before = self._spent()
         text, img, pixels = self.space.initial()
-        self._cost = max(1, self._spent() - before)
         dev = self.model.device if hasattr(self.model, "device") else None
         if self.mode in ("text", "both") and text is not None:
             m = count_latents(self.text_fraction, len(text.ids[0]))
@@ -458,7 +312,7 @@ class Reinforce(Search):
 
         return loss if bool((adv != 0).any()) else None
 
-    def _update(self, active: set[str], objective) -> list[str]:
+    def _adam_step(self, active: set[str], objective) -> list[str]:
         """One Adam step on each active latent; gradients only through the heads."""
         if objective is None:
             return []

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     from milr.critics.world_oracle import WorldOracle
-    from milr.models.minimug.suite import world_suite
+    from milr.world.suite import world_suite
     from milr.search.generate import PlainGeneration
     from milr.search.reinforce import Reinforce
 

@@ -3,7 +3,7 @@
 The rerunnable measurement behind the figures in ``models/minimug/weights/MODEL_CARD.md``.
 GenEval (Ghosh et al. 2023, arXiv 2310.11513) scores each image correct/incorrect; a category's
 score is the mean over its images and the overall score the mean over categories. Here the
-detector is the world's exact scorer (:mod:`milr.models.minimug.scorer`) and the prompts are the
+detector is the world's exact scorer (:mod:`milr.world.scorer`) and the prompts are the
 ``minimug-world`` suite (default: TEST split, 50 prompts per category, 4 images per prompt, fixed
 seeds). Generation runs as the model's plain pipeline: greedy plan, then CFG sampling.
 
@@ -23,7 +23,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from milr.models.minimug import scorer, suite, world
+from milr import world
+from milr.world import scorer, suite
 from milr.models.minimug.model import MiniMUG
 
 

@@ -19,8 +19,8 @@ import time
 import numpy as np
 
 from milr.geneval import evaluate
-from milr.models.minimug.scorer import detect
-from milr.models.minimug.world import TAGS, gt_detections, render, sample_prompt, sample_scene_for, sample_scene_violating, truth
+from milr.world import TAGS, gt_detections, render, sample_prompt, sample_scene_for, sample_scene_violating, truth
+from milr.world.scorer import detect
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,7 @@ import torch
 
 def single_objects(n: int, seed: int) -> list[tuple[np.ndarray, str, str]]:
     """``n`` images of one object each (random shape, colour, size and place): (image, shape, colour)."""
-    from milr.models.minimug import world
+    from milr import world
 
     rng = np.random.default_rng([seed, 11])
     out = []
@@ -47,8 +47,9 @@ def single_objects(n: int, seed: int) -> list[tuple[np.ndarray, str, str]]:
 
 def heldout_pairs(n: int, seed: int) -> list[dict]:
     """``n`` pairs on TEST-split prompts: (prompt, metadata, tag, kind, chosen, rejected)."""
-    from milr.models.minimug import suite, world
-    from milr.world_data import applicable_kinds
+    from milr import world
+    from milr.world import suite
+    from milr.world.data import applicable_kinds
 
     rng = np.random.default_rng([seed, 12])
     prompts = {t: suite.split_prompts(t, "test") for t in world.TAGS}
@@ -73,7 +74,7 @@ def _tensor(images: list[np.ndarray]) -> torch.Tensor:
 @torch.no_grad()
 def zero_shot(clip_critic, objects: list[tuple[np.ndarray, str, str]]) -> dict:
     """Colour (class known) and shape accuracy of a CLIP critic (a ``clip_score`` instance)."""
-    from milr.models.minimug import world
+    from milr import world
 
     colors, shapes = list(world.COLORS), list(world.SHAPES)
     img = clip_critic.image_features(_tensor([o[0] for o in objects]))

@@ -25,7 +25,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from milr.models.minimug import scorer, suite, world
+from milr import world
+from milr.world import scorer, suite
 from milr.models.minimug.model import MiniMUG
 
 

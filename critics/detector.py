@@ -263,7 +263,7 @@ class PaletteColorClassifier:
 
 def _resolve_palette(palette: Union[str, Mapping[str, Sequence[int]], None]) -> Mapping[str, Sequence[int]]:
     if palette is None or palette == "minimug":
-        from milr.models.minimug.world import COLORS
+        from milr.world import COLORS
 
         return COLORS
     if isinstance(palette, str):

@@ -1,6 +1,6 @@
 """``world_oracle``: MiniMUG's exact scorer as a critic.
 
-The classical detector of :mod:`milr.models.minimug.scorer` plus GenEval's rules
+The classical detector of :mod:`milr.world.scorer` plus GenEval's rules
 (:mod:`milr.geneval`; Ghosh et al. 2023, github.com/djghosh13/geneval) judge each image against its
 prompt's GenEval metadata. Rewards are in [0, 1], higher is better:
 
@@ -45,7 +45,7 @@ class WorldOracle(Critic):
         import torch
         import torch.nn.functional as F
 
-        from milr.models.minimug.scorer import score_image
+        from milr.world.scorer import score_image
 
         if len(metadata) != len(images):
             raise ValueError(f"world_oracle needs one metadata dict per image ({len(images)} images, {len(metadata)} metadata)")

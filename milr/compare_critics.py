@@ -26,7 +26,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+from milr.geneval import TAGS
 
 
 def run_label(label: str, recipe: str, overrides: list[str], out: Path) -> Path:

@@ -18,14 +18,15 @@ from importlib import resources
 from typing import Optional
 
 from milr.cards import SuiteCard
+from milr.geneval import TAGS
 from milr.registry import SUITES
 
 SUITES.register_lazy(
     "minimug-world",
-    "milr.models.minimug.suite:world_suite",
+    "milr.world.suite:world_suite",
     card=SuiteCard(
         summary="MiniMUG's procedural shape world in GenEval's six categories, fixed seeds, train/test split",
-        categories=("single_object", "two_object", "counting", "colors", "position", "color_attr"),
+        categories=TAGS,
         size=">=50 prompts per category per split",
         license="Apache-2.0 (this project)",
         benchmark="geneval",  # GenEval's categories, rules and aggregation
@@ -38,7 +39,7 @@ SUITES.register_lazy(
     "milr.suites:geneval_suite",
     card=SuiteCard(
         summary="GenEval's 553 prompts with their metadata",
-        categories=("single_object", "two_object", "counting", "colors", "position", "color_attr"),
+        categories=TAGS,
         size="553 prompts",
         license="MIT (c) 2023 Dhruba Ghosh",
         reference="Ghosh et al. 2023 (arXiv 2310.11513)",

@@ -282,7 +282,7 @@ def test_detector_colour_from_detection_and_top_count_only():
 
 
 def test_detector_palette_colour_on_rendered_pixels():
-    from milr.models.minimug import world as W
+    from milr import world as W
 
     obj = W.make_obj("circle", "red", 4, 6, 12)
     img = torch.from_numpy(W.render(W.Scene([obj])).copy()).permute(2, 0, 1).float() / 255
@@ -410,7 +410,7 @@ YOLO_CLASSES = ["circle"]
 def _world_yolo_dataset(root: Path, n: int, seed: int) -> Path:
     from PIL import Image
 
-    from milr.models.minimug import world as W
+    from milr import world as W
 
     rng = np.random.default_rng(seed)
     (root / "images" / "train").mkdir(parents=True)
@@ -460,7 +460,7 @@ def world_yolo(tmp_path_factory):
 
 
 def _render(*objs) -> torch.Tensor:
-    from milr.models.minimug import world as W
+    from milr import world as W
 
     img = W.render(W.Scene([W.make_obj(*o) for o in objs]))
     return torch.from_numpy(img.copy()).permute(2, 0, 1).float() / 255

@@ -11,7 +11,8 @@ import torch
 
 from mug_conformance import CHECKS, MUGConformance
 
-from milr.models.minimug import scorer, suite, world
+from milr import world
+from milr.world import scorer, suite
 from milr.models.minimug.model import BOS, PAD, MiniMUG, MiniMUGConfig, shipped_weights_dir, split_words
 from milr.models.minimug.tokenizer import PatchTokenizer
 

@@ -18,7 +18,7 @@ def test_wheel_contains_mapped_packages_and_data(tmp_path):
     (wheel,) = tmp_path.glob("milr-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for must in ("milr/__init__.py", "milr/critics/__init__.py", "milr/search/__init__.py", "milr/models/__init__.py",
-                 "milr/models/minimug/world.py", "milr/recipes/quickstart.yaml", "milr/data/geneval/evaluation_metadata.jsonl"):
+                 "milr/world/scenes.py", "milr/recipes/quickstart.yaml", "milr/data/geneval/evaluation_metadata.jsonl"):
         assert must in names, f"{must} missing from the wheel"
     assert not any(n.startswith(("critics/", "search/", "models/", "tests/")) for n in names)
     # the wheel imports on its own: unpack and import the mapped names from there

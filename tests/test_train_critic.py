@@ -13,7 +13,7 @@ import yaml
 import milr.critics  # noqa: F401  (the index declares 'trained')
 from milr.registry import CRITICS
 from milr.train_critic import load_train_recipe, train_critic
-from milr.world_data import write_captions, write_pairwise, write_pointwise
+from milr.world.data import write_captions, write_pairwise, write_pointwise
 
 TINY_MODEL = {"width": 4, "depth": 3, "text_dim": 8, "head_hidden": 16, "max_words": 16}
 TINY_TRAIN = {"epochs": 2, "batch_size": 8, "logger": "csv", "log_every_n_steps": 1}
@@ -226,8 +226,8 @@ def test_contrastive_smoke_recipe_folder_loads_in_clip_score(tmp_path):
     assert {"open_clip_config.json", "open_clip_model.safetensors", "world_clip_smoke.json", "critic.json", "card.md"} == \
         {p.name for p in export.iterdir()}
     # The training data was generated from TRAIN-split world prompts only.
-    from milr.models.minimug.suite import is_train_prompt
-    from milr.models.minimug.world import all_prompts
+    from milr.world import all_prompts
+    from milr.world.suite import is_train_prompt
 
     by_text = {md["prompt"]: md for tag in ("two_object", "counting", "colors", "position", "color_attr") for md in all_prompts(tag)}
     captions = [json.loads(x)["caption"] for x in (out / "data" / "train.jsonl").read_text().splitlines()]
@@ -274,7 +274,7 @@ def test_distill_world_oracle_into_a_student(tmp_path):
 
 
 def test_world_pairs_follow_and_violate_with_chosen_kinds(tmp_path):
-    from milr.models.minimug.suite import is_train_prompt
+    from milr.world.suite import is_train_prompt
 
     data = write_pairwise(tmp_path, 12, "train", tags=["color_attr", "position"], seed=3,
                           kind_weights={"swap_colors": 1e6, "swap_position": 1e6})

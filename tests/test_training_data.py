@@ -9,7 +9,7 @@ import torch
 
 from milr.training.critic import train_critic
 from milr.training.data import DataError, groups, leak_report, split_rows
-from milr.world_data import write_pairwise, write_pointwise
+from milr.world.data import write_pairwise, write_pointwise
 
 TINY_MODEL = {"width": 4, "depth": 3, "text_dim": 8, "head_hidden": 16, "max_words": 16, "stem": "patch"}
 TINY_TRAIN = {"epochs": 1, "batch_size": 8, "logger": "none"}

@@ -6,9 +6,9 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from milr.models.minimug import scorer, suite, world
-from milr.models.minimug.scorer import detect, score_image
-from milr.models.minimug.world import (
+from milr import world
+from milr.world import palette, scorer, suite
+from milr.world import (
     COLORS,
     SHAPES,
     TAGS,
@@ -28,6 +28,7 @@ from milr.models.minimug.world import (
     scene_is_valid,
     truth,
 )
+from milr.world.scorer import detect, score_image
 
 
 def _scenes(n, seed=0):
@@ -80,7 +81,7 @@ def test_palette_is_separated_and_blends_with_white_never_read_as_another_colour
     alphas = np.linspace(0, 1, 101)
     for i, name in enumerate(names):
         blend = np.rint(alphas[:, None] * pal[i] + (1 - alphas[:, None]) * white).astype(np.uint8)
-        labels = scorer.palette_labels(blend[None])[0]
+        labels = palette.palette_labels(blend[None])[0]
         # a soft edge is the colour where it covers at least half the pixel, else background
         assert (labels[alphas >= 0.52] == i + 1).all(), name
         assert (labels[alphas <= 0.48] == 0).all(), name
@@ -175,7 +176,7 @@ def test_truth_of_satisfying_and_violating(scenes):
 def test_every_violation_kind_fails(tag):
     rng = np.random.default_rng(3)
     for md in all_prompts(tag)[:: max(1, len(all_prompts(tag)) // 6)]:
-        for kind in world._violation_kinds(md):
+        for kind in world.violation_kinds(md):
             sc = sample_scene_violating(md, rng, kind=kind)
             assert not truth(sc, md), (md["prompt"], kind)
 

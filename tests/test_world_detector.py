@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from milr.models.minimug import suite, world
+from milr import world
+from milr.world import suite
 
 
 def test_yolo_labels_are_the_scene_truth_in_yolo_format():

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from milr.benchmarks.base import Benchmark, BenchmarkError, ImageItem, aggregate_by_tag, clean_metadata, copy_image, digit_stem
+from milr.geneval import TAGS
 
-GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 _SUITE_ID = re.compile(r"^geneval-(\d{5})$")
 
 
@@ -30,7 +30,7 @@ class GenEval(Benchmark):
     title = "GenEval"
     suite = "geneval"
     layout = "geneval"
-    categories = GENEVAL_TAGS
+    categories = TAGS
     overall_rule = "unweighted mean of the task (tag) means; each task averaged over images"
 
     def detect(self, root: Path) -> bool:
@@ -84,7 +84,7 @@ class GenEval(Benchmark):
     def aggregate(self, items: Sequence[ImageItem], scores: Sequence[Optional[float]], confidence: float = 0.95,
                   n_resamples: int = 2000) -> dict:
         out = aggregate_by_tag(items, scores, confidence, n_resamples, self.overall_rule)
-        missing = [t for t in GENEVAL_TAGS if t not in out["by_tag"]]
+        missing = [t for t in TAGS if t not in out["by_tag"]]
         if missing:
             out["notes"].append(f"tags absent: {', '.join(missing)} (GenEval's overall averages all six)")
         pairs = [(it, s) for it, s in zip(items, scores) if s is not None]

@@ -30,7 +30,7 @@ def generate_world_data(cfg: dict, folder: Path) -> None:
     Training rows use TRAIN-split prompts; ``n_test`` rows use TEST-split prompts (compositions no
     training prompt has), the honest held-out set.
     """
-    from milr import world_data
+    from milr.world import data as world_data
 
     g = cfg["data"]["generate"]
     fmt = g["format"] or {"pairwise": "pairwise", "pointwise": "pointwise", "contrastive": "captions"}[cfg["task"]]

@@ -1,1 +1,1 @@
-"""MiniMUG: a small Janus-like unified model of a procedural shape world, with its exact scorer."""
+"""MiniMUG: a small Janus-like unified model of the shape world :mod:`milr.world` (model, tokenizer, training, weights)."""

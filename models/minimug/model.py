@@ -628,13 +628,10 @@ class MiniMUG(MUGModel):
 
 
 def _default_words() -> list[str]:
-    """The world's vocabulary when the world module is importable, else a small stand-in."""
-    try:
-        from . import world
+    """The world's vocabulary (sorted) plus the answers."""
+    from milr.world import VOCAB
 
-        words = [w for w in sorted(set(world.VOCAB)) if w not in SPECIALS]
-    except Exception:  # pragma: no cover - world is part of the package
-        words = ["a", "photo", "of", "red", "blue", "circle", "square", "left", "right", "is", "there"]
+    words = [w for w in sorted(set(VOCAB)) if w not in SPECIALS]
     for w in ("yes", "no"):
         if w not in words:
             words.append(w)

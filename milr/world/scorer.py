@@ -10,7 +10,7 @@ shared rule engine :mod:`milr.geneval`. Pipeline:
    turn into another colour, and pixels far from every colour are not objects);
 2. connected components per colour (8-connectivity, ``scipy.ndimage.label``); components under
    ``MIN_PIXELS`` are noise and dropped;
-3. the shape is the world template (:func:`~milr.models.minimug.world.shape_mask` drawn at the
+3. the shape is the world template (:func:`~milr.world.scenes.shape_mask` drawn at the
    component's box size) with the highest IoU against the component (holes filled);
 4. the score is 1.0 for a clean component and lower when the best IoU is poor, the box is far from
    square, or the component is much smaller or larger than any world object.
@@ -18,7 +18,7 @@ shared rule engine :mod:`milr.geneval`. Pipeline:
 On rendered images every object is one component whose pixels equal its template exactly (IoU 1,
 score 1.0), and objects never touch, so detection is exact; tests check this on thousands of
 scenes. Detections come back sorted by box top-left (x, then y), the same canonical order as
-:func:`~milr.models.minimug.world.gt_detections`.
+:func:`~milr.world.scenes.gt_detections`.
 """
 
 from __future__ import annotations
@@ -30,53 +30,14 @@ from scipy import ndimage
 
 from milr.geneval import Detection, GenEvalResult, evaluate
 
-from .world import BACKGROUND, COLORS, MAX_SIZE, MIN_SIZE, SHAPES, shape_mask
+from .palette import COLOR_NAMES, PALETTE, palette_labels
+from .scenes import MAX_SIZE, MIN_SIZE, SHAPES, shape_mask
 
-COLOR_NAMES: list[str] = list(COLORS)
-# Row 0 is the background; row i >= 1 is COLOR_NAMES[i - 1].
-PALETTE = np.array([BACKGROUND] + [COLORS[c] for c in COLOR_NAMES], dtype=np.float32)
-_WHITE = np.array(BACKGROUND, dtype=np.float32)
-_DIRS = np.array([COLORS[c] for c in COLOR_NAMES], dtype=np.float32) - _WHITE  # white -> colour
-_DIR_SQ = (_DIRS**2).sum(-1)
-COLOR_CUT = 60.0  # RGB distance from a colour's white-blend line; the lines are >= 76 apart
 MIN_PIXELS = 6
 # Score terms: IoU at or above IOU_FULL scores 1; boxes should be square and sized like objects.
 IOU_FULL = 0.8
 ASPECT_FULL = 0.75
 _STRUCT8 = np.ones((3, 3), dtype=bool)
-
-
-def as_uint8_image(image: Any) -> np.ndarray:
-    """Accept ``uint8 [H, W, 3]``, float ``[H, W, 3]`` in [0, 1], or either as ``[3, H, W]``."""
-    arr = np.asarray(image)
-    if arr.ndim != 3:
-        raise ValueError(f"expected one image [H, W, 3] or [3, H, W], got shape {arr.shape}")
-    if arr.shape[0] == 3 and arr.shape[-1] != 3:
-        arr = arr.transpose(1, 2, 0)
-    if arr.dtype != np.uint8:
-        arr = np.clip(np.rint(arr.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
-    return arr
-
-
-def palette_labels(image: Any) -> np.ndarray:
-    """Per-pixel palette index ``[H, W]``: 0 background, i >= 1 colour ``COLOR_NAMES[i-1]``.
-
-    Each pixel is explained as a blend ``alpha * colour + (1 - alpha) * white`` of the colour whose
-    white-blend line passes closest to it; it belongs to that colour when the colour covers at
-    least half of it (``alpha >= 0.5``) and the line is within ``COLOR_CUT``. Soft (anti-aliased,
-    blurred or decoded) edges are thereby cut at half coverage instead of being eroded, and a
-    blend of a colour with white is never read as another colour (lines are >= 76 apart).
-    """
-    img = as_uint8_image(image).astype(np.float32)
-    p = img - _WHITE  # [H, W, 3]
-    pd = p @ _DIRS.T  # [H, W, C]
-    alpha = np.clip(pd / _DIR_SQ, 0.0, 1.0)
-    # squared distance to the closest point of each line: |p - alpha d|^2, expanded
-    resid2 = (p * p).sum(-1, keepdims=True) - 2 * alpha * pd + alpha * alpha * _DIR_SQ
-    k = resid2.argmin(-1)
-    a = np.take_along_axis(alpha, k[..., None], -1)[..., 0]
-    r2 = np.take_along_axis(resid2, k[..., None], -1)[..., 0]
-    return np.where((a >= 0.5) & (r2 <= COLOR_CUT**2), k + 1, 0)
 
 
 def classify_shape(mask: np.ndarray) -> tuple[str, float, dict[str, float]]:
@@ -132,4 +93,4 @@ def score_images(images: Sequence[Any], metadata: Sequence[Mapping[str, Any]]) -
     return [score_image(img, md) for img, md in zip(images, metadata)]
 
 
-__all__ = ["COLOR_CUT", "MIN_PIXELS", "classify_shape", "detect", "palette_labels", "score_image", "score_images"]
+__all__ = ["MIN_PIXELS", "classify_shape", "detect", "score_image", "score_images"]

@@ -33,7 +33,9 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from .world import COLORS, SHAPES, TAGS, all_prompts, sample_prompt
+from .palette import COLORS
+from .prompts import TAGS, all_prompts, sample_prompt
+from .scenes import SHAPES
 
 SPLITS = ("train", "test")
 SHARED_TEXT_TAGS = ("single_object",)

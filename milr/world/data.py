@@ -1,6 +1,6 @@
 """Datasets from MiniMUG's scene world, written as JSONL + PNG folders for ``milr train-critic``.
 
-Three formats, the ones :mod:`milr.train_critic` reads (image paths are relative to the JSONL's
+Three formats, the ones :mod:`milr.training` reads (image paths are relative to the JSONL's
 folder):
 
 * **pairwise** -- ``{"prompt", "chosen", "rejected", "tag", "metadata"}`` (plus ``"kind"`` when
@@ -17,7 +17,7 @@ folder):
   prompt, for contrastive CLIP training (Radford et al. 2021).
 
 ``split="train"`` uses only prompts whose combination the MiniMUG suite does not hold out
-(``milr.models.minimug.suite.is_train_prompt``), so critics trained on this data are judged on
+(``milr.world.suite.is_train_prompt``), so critics trained on this data are judged on
 TEST-split prompts they never saw. Everything is seeded: the same arguments write the same files.
 """
 
@@ -29,25 +29,20 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-SPLITS = ("train", "test")
-
-
-def _world():
-    from milr.models.minimug import suite, world
-
-    return world, suite
+from .prompts import TAGS
+from .scenes import VIOLATION_KINDS, render, sample_scene_for, sample_scene_violating, truth, truth_result
+from .suite import SPLITS, split_prompts
 
 
 def _check(n: int, split: str, tags: Optional[Sequence[str]]) -> list[str]:
-    world, _ = _world()
     if int(n) < 1:
         raise ValueError(f"number of examples must be >= 1, got {n}")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    tags = list(world.TAGS) if tags is None else list(tags)
-    unknown = [t for t in tags if t not in world.TAGS]
+    tags = list(TAGS) if tags is None else list(tags)
+    unknown = [t for t in tags if t not in TAGS]
     if unknown or not tags:
-        raise ValueError(f"unknown tags {unknown or tags}; known: {world.TAGS}")
+        raise ValueError(f"unknown tags {unknown or tags}; known: {TAGS}")
     return tags
 
 
@@ -55,9 +50,8 @@ class _PromptPool:
     """Distinct prompts of each tag usable in a split, sampled uniformly (tag first, then prompt)."""
 
     def __init__(self, split: str, tags: Sequence[str], tag_weights: Optional[dict[str, float]] = None):
-        _, suite = _world()
         self.tags = list(tags)
-        self.prompts = {t: suite.split_prompts(t, split) for t in self.tags}
+        self.prompts = {t: split_prompts(t, split) for t in self.tags}
         empty = [t for t, ps in self.prompts.items() if not ps]
         if empty:
             raise ValueError(f"no {split} prompts for tags {empty}")
@@ -89,12 +83,11 @@ def _write_jsonl(rows: list[dict], path: Path) -> Path:
 
 def applicable_kinds(md: dict, cache: dict[str, list[str]]) -> list[str]:
     """Violation kinds that apply to a prompt (the world raises ValueError for the others)."""
-    world, _ = _world()
     if md["prompt"] not in cache:
         ok = []
-        for k in world.VIOLATION_KINDS:
+        for k in VIOLATION_KINDS:
             try:
-                world.sample_scene_violating(md, np.random.default_rng(0), kind=k)
+                sample_scene_violating(md, np.random.default_rng(0), kind=k)
                 ok.append(k)
             except (ValueError, RuntimeError):
                 pass
@@ -117,11 +110,10 @@ def write_pairwise(
     that apply to the prompt with these weights (default: the world's uniform choice) -- hard
     negatives for a second training stage.
     """
-    world, _ = _world()
     tags = _check(n, split, tags)
-    unknown = set(kind_weights or {}) - set(world.VIOLATION_KINDS)
+    unknown = set(kind_weights or {}) - set(VIOLATION_KINDS)
     if unknown:
-        raise ValueError(f"unknown violation kinds {sorted(unknown)}; known: {world.VIOLATION_KINDS}")
+        raise ValueError(f"unknown violation kinds {sorted(unknown)}; known: {VIOLATION_KINDS}")
     out = Path(out_dir)
     rng = np.random.default_rng([int(seed), SPLITS.index(split), 1])
     pool = _PromptPool(split, tags)
@@ -130,20 +122,20 @@ def write_pairwise(
     kinds_cache: dict[str, list[str]] = {}
     for i in range(int(n)):
         md = pool.sample(rng)
-        good = world.sample_scene_for(md, rng)
+        good = sample_scene_for(md, rng)
         kind = None
         if kind_weights:
             kinds = applicable_kinds(md, kinds_cache)
             w = np.array([float(kind_weights.get(k, 1.0)) for k in kinds])
             kind = kinds[int(rng.choice(len(kinds), p=w / w.sum()))]
-        bad = world.sample_scene_violating(md, rng, kind=kind)
+        bad = sample_scene_violating(md, rng, kind=kind)
         # Both verdicts are re-checked: a pair with the preference the wrong way round would
         # teach the reward model the opposite of what the file says.
-        if not world.truth(good, md) or world.truth(bad, md):
+        if not truth(good, md) or truth(bad, md):
             raise RuntimeError(f"world sampler broke its contract on {md['prompt']!r}")
         c, r = f"images/{stem}_{i:06d}_c.png", f"images/{stem}_{i:06d}_r.png"
-        _save_png(world.render(good), out / c)
-        _save_png(world.render(bad), out / r)
+        _save_png(render(good), out / c)
+        _save_png(render(bad), out / r)
         row = {"prompt": md["prompt"], "chosen": c, "rejected": r, "tag": md["tag"], "metadata": md}
         if kind is not None:
             row["kind"] = kind
@@ -161,7 +153,6 @@ def write_pointwise(
     file_name: str = "points.jsonl",
 ) -> Path:
     """Write ``n`` scored images; returns the JSONL path."""
-    world, _ = _world()
     tags = _check(n, split, tags)
     if not 0.0 <= follow_fraction <= 1.0:
         raise ValueError(f"follow_fraction must be in [0, 1], got {follow_fraction}")
@@ -173,10 +164,10 @@ def write_pointwise(
     for i in range(int(n)):
         md = pool.sample(rng)
         follow = bool(rng.random() < follow_fraction)
-        scene = world.sample_scene_for(md, rng) if follow else world.sample_scene_violating(md, rng)
-        res = world.truth_result(scene, md)
+        scene = sample_scene_for(md, rng) if follow else sample_scene_violating(md, rng)
+        res = truth_result(scene, md)
         p = f"images/{stem}_{i:06d}.png"
-        _save_png(world.render(scene), out / p)
+        _save_png(render(scene), out / p)
         rows.append(
             {"prompt": md["prompt"], "image": p, "label": int(res.correct), "score": float(res.partial),
              "tag": md["tag"], "metadata": md}
@@ -199,7 +190,6 @@ def write_captions(
     file_name: str = "captions.jsonl",
 ) -> Path:
     """Write ``n`` (image, caption) pairs: an image that follows a prompt, captioned by it."""
-    world, _ = _world()
     tags = _check(n, split, tags)
     out = Path(out_dir)
     rng = np.random.default_rng([int(seed), SPLITS.index(split), 3])
@@ -208,9 +198,9 @@ def write_captions(
     stem = Path(file_name).stem
     for i in range(int(n)):
         md = pool.sample(rng)
-        scene = world.sample_scene_for(md, rng)
+        scene = sample_scene_for(md, rng)
         p = f"images/{stem}_{i:06d}.png"
-        _save_png(world.render(scene), out / p)
+        _save_png(render(scene), out / p)
         rows.append({"image": p, "caption": md["prompt"], "tag": md["tag"]})
     return _write_jsonl(rows, out / file_name)
 
@@ -222,7 +212,6 @@ def world_images(
 
     Used by distillation, which scores the images with a teacher before writing them.
     """
-    world, _ = _world()
     tags = _check(n, split, tags)
     rng = np.random.default_rng([int(seed), SPLITS.index(split), 4])
     pool = _PromptPool(split, tags)
@@ -230,9 +219,9 @@ def world_images(
     for _ in range(int(n)):
         md = pool.sample(rng)
         follow = bool(rng.random() < follow_fraction)
-        scene = world.sample_scene_for(md, rng) if follow else world.sample_scene_violating(md, rng)
-        out.append({"prompt": md["prompt"], "metadata": md, "image": world.render(scene),
-                    "label": int(world.truth(scene, md))})
+        scene = sample_scene_for(md, rng) if follow else sample_scene_violating(md, rng)
+        out.append({"prompt": md["prompt"], "metadata": md, "image": render(scene),
+                    "label": int(truth(scene, md))})
     return out
 
 

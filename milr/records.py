@@ -35,9 +35,12 @@ import time
 from collections import defaultdict
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from milr.errors import RunFolderError
+
+if TYPE_CHECKING:
+    from milr.run_record import PromptRecord, SideRecord
 
 try:  # exclusive run-folder lock; Windows has no flock and runs unlocked
     import fcntl
@@ -251,13 +254,29 @@ class RunRecord:
             os.replace(tmp, self.results_path)
         return len(data) - len(good)
 
+    def records(self) -> list["PromptRecord"]:
+        """Every result line as a typed :class:`~milr.run_record.PromptRecord` (checked: a bad key or
+        value is a one-line error naming the file and line)."""
+        from milr.run_record import read_records
+
+        return read_records(self.dir, skip_torn=False) if self.results_path.is_file() else []
+
     def results(self) -> list[dict]:
+        """Every result line as its JSON object, each checked against the schema first."""
+        from milr.run_record import PromptRecord
+
         if not self.results_path.is_file():
             return []
         out = []
-        for line in self.results_path.read_text().splitlines():
+        for n, line in enumerate(self.results_path.read_text().splitlines(), 1):
             if line.strip():
-                out.append(json.loads(line))
+                where = f"{self.results_path} line {n}"
+                try:
+                    data = json.loads(line)
+                except ValueError:
+                    raise RunFolderError(f"{where}: not JSON (a damaged run record; `milr run --resume` repairs it)") from None
+                PromptRecord.from_json(data, where)
+                out.append(data)
         return out
 
     def _images_ok(self, result: dict) -> bool:
@@ -308,7 +327,7 @@ class RunRecord:
     # -- summary ------------------------------------------------------------------------------
     def summarize(self) -> dict:
         """Per-tag and overall means of the initial and final rewards (combined and per critic)."""
-        return summarize(self.results())
+        return summarize(self.records())
 
     def write_summary(self) -> str:
         summary = self.summarize()
@@ -397,27 +416,31 @@ def _mean(xs: Iterable[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def summarize(results: list[dict]) -> dict:
+def summarize(results: "list[PromptRecord] | list[dict]") -> dict:
     """Means by tag, then the overall mean of tag means (GenEval's aggregation)."""
-    by_tag: dict[str, list[dict]] = defaultdict(list)
-    for r in results:
-        by_tag[(r.get("metadata") or {}).get("tag", "all")].append(r)
-    def flat(side: dict) -> dict:
+    from milr.run_record import PromptRecord
+
+    records = [r if isinstance(r, PromptRecord) else PromptRecord.from_json(r) for r in results]
+    by_tag: dict[str, list[PromptRecord]] = defaultdict(list)
+    for r in records:
+        by_tag[r.tag].append(r)
+
+    def flat(side: SideRecord) -> dict:
         # held-out critics are prefixed so a critic used both ways keeps two columns
-        return {**side.get("scores", {}), **{f"eval:{k}": v for k, v in side.get("eval", {}).items()}}
+        return {**side.scores, **{f"eval:{k}": v for k, v in side.eval.items()}}
 
     keys: list[str] = []
-    for r in results:
-        for k in flat(r["initial"]):
+    for r in records:
+        for k in flat(r.side("initial")):
             if k not in keys:
                 keys.append(k)
     rows: dict[str, dict] = {}
     for tag, rs in sorted(by_tag.items()):
-        row = {"n": len(rs), "reward_initial": _mean(r["initial"]["reward"] for r in rs),
-               "reward_final": _mean(r["final"]["reward"] for r in rs)}
+        row = {"n": len(rs), "reward_initial": _mean(r.side("initial").reward for r in rs),
+               "reward_final": _mean(r.side("final").reward for r in rs)}
         for k in keys:
             for when in ("initial", "final"):
-                vals = [flat(r[when]).get(k) for r in rs]
+                vals = [flat(r.side(when)).get(k) for r in rs]
                 row[f"{k}_{when}"] = _mean(vals)
         rows[tag] = row
     overall = {"n": len(results)}
@@ -425,7 +448,8 @@ def summarize(results: list[dict]) -> dict:
         for col in next(iter(rows.values())):
             if col != "n":
                 overall[col] = _mean(row[col] for row in rows.values())
-    budget = {k: _mean(r["budget"].get(k) for r in results) for k in (results[0]["budget"] if results else {})}
+    budget = {k: _mean(getattr(r.need("budget").budget, k) for r in records)
+              for k in (records[0].need("budget").budget.to_json() if records else {})}
     return {"by_tag": rows, "overall": overall, "mean_budget": budget}
 
 

@@ -22,6 +22,7 @@ from milr.interfaces import Budget, BudgetLedger, Critic, Task
 from milr.recipe import Recipe, load_recipe, preflight
 from milr.records import RunRecord, format_summary
 from milr.registry import CRITICS, SEARCHES
+from milr.run_record import BudgetRecord, ImagesRecord, PromptRecord, SideRecord
 
 
 def _card_cost(name: str) -> str | None:
@@ -256,34 +257,24 @@ def run_recipe(
             if recipe.run.on_nonfinite != "skip" and not all(math.isfinite(x) for x in v):
                 raise NonFiniteError(f"critic {k!r} returned {v} for prompt {task.id!r}; fix the critic, "
                                      "or set run.on_nonfinite: skip")
-        result = {
-            "index": task.index,
-            "id": task.id,
-            "prompt": task.prompt,
-            "metadata": task.metadata,
-            "initial": {"reward": initial[1], "scores": {k: v[0] for k, v in scores.items()},
-                        "eval": {k: v[0] for k, v in evals_s.items()}, "text": initial[0].text},
-            "final": {"reward": reward, "scores": {k: v[1] for k, v in scores.items()},
-                      "eval": {k: v[1] for k, v in evals_s.items()}, "text": best.text, "step": best.step},
-            "steps": steps,
-            "skipped_nonfinite": getattr(ledger, "skipped_nonfinite", 0),
-            "budget": ledger.snapshot(),
-            "seconds": round(time.perf_counter() - t0, 4),
-            "trace": getattr(search, "trace", []),
-            "curve": tracer.curve,
-            **({"guard": guard.record()} if guard is not None else {}),
-            "images": {
-                "initial": record.save_image(initial[0].image, f"{task.index:05d}_initial.png"),
-                "final": record.save_image(best.image, f"{task.index:05d}_final.png"),
-                "steps": step_images,
-            },
-        }
-        record.append(result)
+        result = PromptRecord(
+            index=task.index, id=task.id, prompt=task.prompt, metadata=task.metadata,
+            initial=SideRecord(initial[1], {k: v[0] for k, v in scores.items()}, {k: v[0] for k, v in evals_s.items()},
+                               initial[0].text),
+            final=SideRecord(reward, {k: v[1] for k, v in scores.items()}, {k: v[1] for k, v in evals_s.items()},
+                             best.text, best.step),
+            steps=steps, skipped_nonfinite=getattr(ledger, "skipped_nonfinite", 0),
+            budget=BudgetRecord(**ledger.snapshot()), seconds=round(time.perf_counter() - t0, 4),
+            trace=getattr(search, "trace", []), curve=tracer.curve, guard=guard.record() if guard is not None else None,
+            images=ImagesRecord(record.save_image(initial[0].image, f"{task.index:05d}_initial.png"),
+                                record.save_image(best.image, f"{task.index:05d}_final.png"), step_images),
+        )
+        record.append(result.to_json())
         bar.set_postfix(reward=f"{reward:.3f}")
         if progress is None and not show:  # nohup, SLURM, a pipe: no bar, so one line per prompt
             done_n = len(tasks) - len(todo) + todo.index(task) + 1
             log(f"milr: [{done_n}/{len(tasks)}] {task.id}: reward {initial[1]:.4g} -> {reward:.4g}, "
-                f"{steps} steps, {result['seconds']:.1f} s")
+                f"{steps} steps, {result.seconds:.1f} s")
     table = record.write_summary()
     log(table)
     record.unlock()

@@ -78,9 +78,9 @@ def test_budget_cap_is_respected(tmp_path):
 def test_repair_drops_partial_line(tmp_path):
     rec = RunRecord.create(tmp_path, "x")
     rec.write_manifest({}, 0, "cpu")
-    rec.append({"id": "a", "v": 1})
+    rec.append({"id": "a", "steps": 1})
     with open(rec.results_path, "ab") as f:
-        f.write(b'{"id": "b", "v"')  # what a SIGKILL mid-write would leave
+        f.write(b'{"id": "b", "steps"')  # what a SIGKILL mid-write would leave
     rec2 = RunRecord.open(rec.dir)
     assert [r["id"] for r in rec2.results()] == ["a"]
 

@@ -200,13 +200,17 @@ def test_training_config_rejects_unknown_keys():
 def test_training_smoke_then_resume(tmp_path, capsys):
     from importlib import resources
 
-    from milr.models.minimug.train import train_minimug
+    from milr.models.minimug.train import MiniMUGLightning, train_minimug
 
     cfg_path = resources.files("milr.recipes").joinpath("train-minimug-smoke.yaml")
     out = train_minimug(str(cfg_path), tmp_path)
     meta = json.loads((out / "config.json").read_text())
     assert meta["training"]["steps"] == 12
     m = MiniMUG(weights=out)
+    # The LightningModule is a module-level class: the checkpoint restores to the exported weights.
+    restored = MiniMUGLightning.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt").net.state_dict()
+    exported = m.net.state_dict()
+    assert restored.keys() == exported.keys() and all(torch.equal(restored[k], exported[k]) for k in restored)
     _, img, px = m.generate(["a photo of a red circle"], num_samples=2)
     assert img.tokens.shape == (2, 64) and px.shape == (2, 3, 32, 32)
     capsys.readouterr()

@@ -29,6 +29,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -214,99 +215,94 @@ class WorldBatches(torch.utils.data.IterableDataset):
 # ---------------------------------------------------------------------------------------------
 # Lightning
 # ---------------------------------------------------------------------------------------------
-def _lightning():
-    import lightning.pytorch as pl
+class MiniMUGLightning(pl.LightningModule):
+    """Loss = image CE + plan CE + answer CE (each a mean over its tokens, weighted).
 
-    return pl
+    A module-level class, so a checkpoint restores with ``MiniMUGLightning.load_from_checkpoint``:
+    the resolved training config is its one hyperparameter, and the tokenizer's centroids (the
+    ``code_pixels`` buffer) come back with the state dict.
+    """
 
+    def __init__(self, cfg: dict, codebook: Optional[np.ndarray] = None):
+        super().__init__()
+        self.save_hyperparameters("cfg")
+        self.cfg = cfg
+        self.net = MiniMUGNet(model_config(cfg))
+        if codebook is not None:
+            self.net.set_code_pixels(codebook)
 
-def make_module(cfg: dict, mcfg: MiniMUGConfig, tokenizer: PatchTokenizer):
-    pl = _lightning()
+    def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        ids, tgt = batch["ids"], batch["targets"]
+        h, _ = self.net(ids)
+        gen0, und0 = self.net.gen_offset, self.net.und_offset
+        img = (tgt >= gen0) & (tgt < und0)
+        text = (tgt >= 0) & (tgt < gen0)
+        is_und = batch["kind"].bool()[:, None].expand_as(tgt)
+        out = {}
+        if img.any():
+            out["image"] = F.cross_entropy(self.net.image_logits(h[img]).float(), tgt[img] - gen0)
+        plan = text & ~is_und
+        if plan.any():
+            out["plan"] = F.cross_entropy(self.net.lm_head(h[plan]).float(), tgt[plan])
+        ans = text & is_und
+        if ans.any():
+            logits = self.net.lm_head(h[ans]).float()
+            out["answer"] = F.cross_entropy(logits, tgt[ans])
+            out["answer_acc"] = (logits.argmax(-1) == tgt[ans]).float().mean()
+        w = self.cfg["loss"]
+        out["loss"] = sum(float(w[k]) * out[k] for k in ("image", "plan", "answer") if k in out)
+        return out
 
-    class MiniMUGLightning(pl.LightningModule):
-        """Loss = image CE + plan CE + answer CE (each a mean over its tokens, weighted)."""
+    def training_step(self, batch, batch_idx):
+        out = self.losses(batch)
+        self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, prog_bar=True, on_step=True, on_epoch=False,
+                      batch_size=batch["ids"].shape[0])
+        return out["loss"]
 
-        def __init__(self):
-            super().__init__()
-            self.cfg = cfg
-            self.net = MiniMUGNet(mcfg)
-            self.net.set_code_pixels(tokenizer.codebook)
+    def configure_optimizers(self):
+        o = self.cfg["optim"]
+        decay, no_decay = [], []
+        for n, p in self.net.named_parameters():
+            (decay if p.dim() >= 2 and "embed" not in n else no_decay).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": float(o["weight_decay"])}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=float(o["lr"]), betas=tuple(o["betas"]),
+        )
+        total = int(self.cfg["trainer"]["max_steps"])
+        warm = int(o["warmup_steps"])
+        floor = float(o["min_lr_ratio"])
 
-        def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            ids, tgt = batch["ids"], batch["targets"]
-            h, _ = self.net(ids)
-            gen0, und0 = self.net.gen_offset, self.net.und_offset
-            img = (tgt >= gen0) & (tgt < und0)
-            text = (tgt >= 0) & (tgt < gen0)
-            is_und = batch["kind"].bool()[:, None].expand_as(tgt)
-            out = {}
-            if img.any():
-                out["image"] = F.cross_entropy(self.net.image_logits(h[img]).float(), tgt[img] - gen0)
-            plan = text & ~is_und
-            if plan.any():
-                out["plan"] = F.cross_entropy(self.net.lm_head(h[plan]).float(), tgt[plan])
-            ans = text & is_und
-            if ans.any():
-                logits = self.net.lm_head(h[ans]).float()
-                out["answer"] = F.cross_entropy(logits, tgt[ans])
-                out["answer_acc"] = (logits.argmax(-1) == tgt[ans]).float().mean()
-            w = cfg["loss"]
-            out["loss"] = sum(float(w[k]) * out[k] for k in ("image", "plan", "answer") if k in out)
-            return out
+        def lr_at(step: int) -> float:  # linear warm-up, cosine decay to min_lr_ratio
+            if step < warm:
+                return (step + 1) / warm
+            t = min(1.0, (step - warm) / max(1, total - warm))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
-        def training_step(self, batch, batch_idx):
-            out = self.losses(batch)
-            self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, prog_bar=True, on_step=True, on_epoch=False,
-                          batch_size=batch["ids"].shape[0])
-            return out["loss"]
-
-        def configure_optimizers(self):
-            o = cfg["optim"]
-            decay, no_decay = [], []
-            for n, p in self.net.named_parameters():
-                (decay if p.dim() >= 2 and "embed" not in n else no_decay).append(p)
-            opt = torch.optim.AdamW(
-                [{"params": decay, "weight_decay": float(o["weight_decay"])}, {"params": no_decay, "weight_decay": 0.0}],
-                lr=float(o["lr"]), betas=tuple(o["betas"]),
-            )
-            total = int(cfg["trainer"]["max_steps"])
-            warm = int(o["warmup_steps"])
-            floor = float(o["min_lr_ratio"])
-
-            def lr_at(step: int) -> float:  # linear warm-up, cosine decay to min_lr_ratio
-                if step < warm:
-                    return (step + 1) / warm
-                t = min(1.0, (step - warm) / max(1, total - warm))
-                return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
-
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    return MiniMUGLightning()
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def _log_callback(every: int):
-    pl = _lightning()
+class LogLines(pl.Callback):
+    """Plain log lines (nohup-friendly) every ``every`` steps: step, losses, steps/s, elapsed minutes."""
 
-    class LogLines(pl.Callback):
-        """Plain log lines (nohup-friendly): step, losses, steps/s, elapsed minutes."""
+    def __init__(self, every: int):
+        super().__init__()
+        self.every = int(every)
 
-        def on_train_start(self, trainer, module):
-            self.t0 = time.perf_counter()
-            self.s0 = trainer.global_step
+    def on_train_start(self, trainer, module):
+        self.t0 = time.perf_counter()
+        self.s0 = trainer.global_step
 
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            step = trainer.global_step
-            if step % every and step != trainer.max_steps:
-                return
-            m = {k.split("/")[-1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
-            dt = time.perf_counter() - self.t0
-            rate = (step - self.s0) / max(dt, 1e-9)
-            lr = trainer.optimizers[0].param_groups[0]["lr"]
-            parts = " ".join(f"{k}={v:.4f}" for k, v in sorted(m.items()))
-            print(f"step {step} {parts} lr={lr:.2e} {rate:.2f} steps/s {dt / 60:.1f} min", flush=True)
-
-    return LogLines()
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step % self.every and step != trainer.max_steps:
+            return
+        m = {k.split("/")[-1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+        dt = time.perf_counter() - self.t0
+        rate = (step - self.s0) / max(dt, 1e-9)
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        parts = " ".join(f"{k}={v:.4f}" for k, v in sorted(m.items()))
+        print(f"step {step} {parts} lr={lr:.2e} {rate:.2f} steps/s {dt / 60:.1f} min", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,7 +342,6 @@ def train_minimug(config_path: Union[str, Path, dict], out_dir: Union[str, Path]
     tokenizer is then read back from ``out_dir/tokenizer.safetensors``. Returns the weights folder
     (``minimug.safetensors`` + ``config.json``), loadable with ``MiniMUG(weights=...)``.
     """
-    pl = _lightning()
     from safetensors.torch import load_file, save_file
 
     cfg = load_config(config_path, overrides)
@@ -372,8 +367,8 @@ def train_minimug(config_path: Union[str, Path, dict], out_dir: Union[str, Path]
               f"in {time.perf_counter() - t0:.1f}s", flush=True)
 
     pl.seed_everything(seed, workers=True, verbose=False)
-    mcfg = model_config(cfg)
-    module = make_module(cfg, mcfg, tokenizer)
+    module = MiniMUGLightning(cfg, tokenizer.codebook)
+    mcfg = module.net.config
     n_params = sum(p.numel() for p in module.net.parameters())
     print(f"MiniMUG: {n_params / 1e6:.2f}M parameters, hidden {mcfg.hidden_size}, {mcfg.layers} layers", flush=True)
 
@@ -393,7 +388,7 @@ def train_minimug(config_path: Union[str, Path, dict], out_dir: Union[str, Path]
         accelerator="cpu", devices=1, max_steps=int(tr["max_steps"]),
         max_time=timedelta(minutes=float(tr["max_minutes"])),
         gradient_clip_val=float(cfg["optim"]["grad_clip"]), precision="32-true",
-        callbacks=[ckpt, _log_callback(int(tr["log_every"]))],
+        callbacks=[ckpt, LogLines(int(tr["log_every"]))],
         logger=pl.loggers.CSVLogger(str(out), name="logs"), enable_progress_bar=bool(tr["progress_bar"]),
         enable_model_summary=False, num_sanity_val_steps=0, deterministic=False, default_root_dir=str(out),
         log_every_n_steps=max(1, int(tr["log_every"])),

@@ -17,9 +17,12 @@ References:
 Why an own decoding loop instead of ``generate()``: MILR needs the last-layer states behind every
 token, forced token prefixes, and one encoding of a prompt reused by every candidate and every
 search step. The prompt prefix (both CFG rows) is encoded once under ``no_grad``; each call copies
-its key/value tensors into a fresh ``DynamicCache`` with the rows it needs (``index_select`` both
-expands ``num_samples`` and copies, so the stored prefix is never mutated and no ``crop`` is needed;
-``crop`` changed meaning between 4.5x and 5.x and ``deepcopy`` fails on caches built with grad).
+its key/value tensors into a fresh cache with the rows it needs (``index_select`` both expands
+``num_samples`` and copies, so the stored prefix is never mutated and no ``crop`` is needed; ``crop``
+changed meaning between 4.5x and 5.x and ``deepcopy`` fails on caches built with grad). By default
+that cache is a buffer preallocated for the whole call (``models/janus_cache.py``), so no step
+re-copies it as ``DynamicCache``'s ``torch.cat`` does; prompts encoded separately are merged into
+one batch with left padding (``merge_states`` / ``merge_contexts``, the runner's multi-prompt path).
 """
 
 from __future__ import annotations
@@ -27,12 +30,16 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Literal, Optional, Union
 
 import torch
 
-from milr.interfaces import ImageResult, MUGModel, TextResult, TokenCounter, given_arg
+from milr.interfaces import (
+    ImageResult, MUGModel, TextResult, TokenCounter, generator_runs, given_arg, multinomial_rows,
+)
+from milr.models.janus_cache import Prefix, cache_tensors, grow, merge_prefixes, new_cache, select_prefix, static_supported
 from milr.registry import MODELS
 
 # -- prompt templates (authors' code: src/opt_generation_janus.py, src/ori_generation_janus.py) ----
@@ -90,41 +97,12 @@ def image_prompt_text(prompt: str, plan: Optional[str] = None) -> str:
     return prompt if plan is None else f"{prompt}. {plan}"
 
 
-# -- cache helpers (transformers 4.5x and 5.x) -----------------------------------------------------
-def _cache_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per-layer (keys, values) of a DynamicCache, ``[rows, heads, seq, head_dim]`` each."""
-    if hasattr(cache, "layers"):  # transformers >= 4.56
-        return [(layer.keys, layer.values) for layer in cache.layers]
-    return list(zip(cache.key_cache, cache.value_cache))  # older 4.5x
-
-
-def _new_cache(kv: list[tuple[torch.Tensor, torch.Tensor]], rows: torch.Tensor) -> Any:
-    """A fresh DynamicCache holding ``kv`` restricted (and repeated) to ``rows``."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
-    for i, (k, v) in enumerate(kv):
-        cache.update(k.index_select(0, rows), v.index_select(0, rows), i)
-    return cache
-
-
-@dataclass
-class _Prefix:
-    """Prompt rows encoded once: their KV, the state after the last token, mask and next positions."""
-
-    input_ids: torch.Tensor  # [rows, S], left padded
-    attention_mask: torch.Tensor  # [rows, S]
-    kv: list[tuple[torch.Tensor, torch.Tensor]]
-    last_hidden: torch.Tensor  # [rows, H], predicts the first new token
-    next_position: torch.Tensor  # [rows], position id of the first new token
-
-
 @dataclass
 class JanusPromptState:
     """``encode_prompts`` result: the reasoning-stage prefix of each prompt."""
 
     prompts: list[str]
-    prefix: _Prefix
+    prefix: Prefix
 
 
 @dataclass
@@ -133,7 +111,7 @@ class JanusImageContext:
 
     prompts: list[str]
     texts: list[str]  # the user text of each image prompt (prompt, or "prompt. plan")
-    prefix: _Prefix
+    prefix: Prefix
 
     @property
     def batch(self) -> int:
@@ -158,6 +136,14 @@ class JanusPro(MUGModel):
             ``generate()`` applies its global default ``top_k=50`` unless told ``top_k=0``; set
             ``top_k: 50`` to reproduce a plain ``generate()`` call.
         revision: hub revision, if a hub name is given.
+        kv_cache: ``static`` (default): one key/value buffer preallocated per call, written in
+            place; ``dynamic``: transformers' ``DynamicCache`` (``torch.cat`` every token). Same tokens.
+        compile: ``torch.compile`` the one-token decoding step (dynamic shapes); off by default.
+        compile_backend: the ``torch.compile`` backend (``inductor``; ``aot_eager``/``eager`` to debug).
+        decode_chunk: rows per pixel-decoder call (bounds the VQ decoder's activation memory).
+        plan_cache: how many greedy plan continuations to remember (0: off). Re-decoding a plan from
+            an unchanged forced prefix returns the remembered one; the token counter still counts
+            it, so budgets and records do not depend on what was remembered.
     """
 
     @classmethod
@@ -176,29 +162,61 @@ class JanusPro(MUGModel):
         temperature: float = 1.0,
         top_k: Optional[int] = None,
         revision: Optional[str] = None,
+        kv_cache: Literal["static", "dynamic"] = "static",
+        compile: bool = False,
+        compile_backend: str = "inductor",
+        decode_chunk: int = 16,
+        plan_cache: int = 64,
     ):
-        if max_text_tokens < 1:
-            raise ValueError(f"max_text_tokens must be >= 1, got {max_text_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 0):
-            raise ValueError(f"top_k must be a non-negative integer or None, got {top_k!r}")
+        _check_args(max_text_tokens, temperature, top_k, kv_cache, decode_chunk, plan_cache)
         from transformers import AutoProcessor, JanusForConditionalGeneration
 
         self.device = torch.device(_resolve_device(device))
         self.dtype = _resolve_dtype(dtype, self.device)
         source = _resolve_source(checkpoint, revision)
         load_kwargs: dict[str, Any] = {_dtype_kwarg(): self.dtype}
+        attn_implementation = _resolve_attn(attn_implementation, self.device)
         if attn_implementation is not None:
             load_kwargs["attn_implementation"] = attn_implementation
         if revision is not None and not os.path.isdir(source):
             load_kwargs["revision"] = revision
+        model = JanusForConditionalGeneration.from_pretrained(source, **load_kwargs)
+        proc_kwargs = {"revision": revision} if revision is not None and not os.path.isdir(source) else {}
+        processor = AutoProcessor.from_pretrained(source, **proc_kwargs)
+        self._setup(model, processor, str(source), max_text_tokens, cfg, temperature, top_k,
+                    kv_cache, compile, compile_backend, decode_chunk, plan_cache)
+
+    @classmethod
+    def from_modules(cls, model: Any, processor: Any, source: str = "<in memory>", device: Optional[str] = None,
+                     dtype: Optional[str] = None, **kwargs: Any) -> "JanusPro":
+        """Wrap an already built ``JanusForConditionalGeneration`` and its processor (no loading).
+
+        For randomly initialised models of a real shape (``benchmarks/janus_random.py``), where
+        writing and re-reading a 15 GB checkpoint would only cost time. ``kwargs``: the
+        constructor's sampling and speed arguments.
+        """
+        self = cls.__new__(cls)
+        self.device = torch.device(_resolve_device(device))
+        self.dtype = _resolve_dtype(dtype, self.device)
+        model = model.to(dtype=self.dtype)
+        defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
+        unknown = set(kwargs) - set(defaults)
+        if unknown:
+            raise TypeError(f"from_modules() got unexpected arguments {sorted(unknown)}")
+        a = {**defaults, **kwargs}
+        _check_args(a["max_text_tokens"], a["temperature"], a["top_k"], a["kv_cache"], a["decode_chunk"], a["plan_cache"])
+        self._setup(model, processor, source, a["max_text_tokens"], a["cfg"], a["temperature"], a["top_k"],
+                    a["kv_cache"], a["compile"], a["compile_backend"], a["decode_chunk"], a["plan_cache"])
+        return self
+
+    def _setup(self, model: Any, processor: Any, source: str, max_text_tokens: int, cfg: float, temperature: float,
+               top_k: Optional[int], kv_cache: str, compile: bool, compile_backend: str, decode_chunk: int,
+               plan_cache: int) -> None:
         self.source = source
-        self.model = JanusForConditionalGeneration.from_pretrained(source, **load_kwargs).to(self.device).eval()
+        self.model = model.to(self.device).eval()
         # Only latents get gradients (through the heads); frozen weights keep backward cheap.
         self.model.requires_grad_(False)
-        proc_kwargs = {"revision": revision} if revision is not None and not os.path.isdir(source) else {}
-        self.processor = AutoProcessor.from_pretrained(source, **proc_kwargs)
+        self.processor = processor
         self.tokenizer = getattr(self.processor, "tokenizer", None)
         if self.tokenizer is None:
             raise ValueError(f"{source}: the processor has no tokenizer; is this a Janus checkpoint?")
@@ -224,6 +242,15 @@ class JanusPro(MUGModel):
         params = inspect.signature(self.lm.forward).parameters
         # transformers 5.x renamed ``past_key_values`` to ``cache`` (the old name is deprecated).
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        # The preallocated buffer needs per-layer cache objects (transformers >= 4.56).
+        self.kv_cache = kv_cache if static_supported() else "dynamic"
+        self.decode_chunk = int(decode_chunk)
+        self.plan_cache = int(plan_cache)
+        self._plans: OrderedDict[tuple, tuple[list[int], torch.Tensor, int]] = OrderedDict()
+        # Only the one-token decoding step is compiled: the prefill's shapes vary per prompt.
+        self._decode_forward = self._forward
+        if compile:
+            self._decode_forward = torch.compile(self._forward, dynamic=True, backend=compile_backend)
 
     # -- setup ---------------------------------------------------------------------------------
     def _setup_ids(self) -> None:
@@ -262,7 +289,7 @@ class JanusPro(MUGModel):
         return out.last_hidden_state
 
     @torch.no_grad()
-    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> _Prefix:
+    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Prefix:
         from transformers import DynamicCache
 
         # Left padding: real tokens start at position 0 in every row.
@@ -270,22 +297,24 @@ class JanusPro(MUGModel):
         cache = DynamicCache()
         embeds = self.model.get_input_embeddings()(input_ids)
         hidden = self._forward(embeds, attention_mask, positions, cache)
-        return _Prefix(
+        return Prefix(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            kv=_cache_tensors(cache),
+            kv=cache_tensors(cache),
             last_hidden=hidden[:, -1],
             next_position=attention_mask.long().sum(-1),
         )
 
-    def _rows(self, prefix: _Prefix, rows: torch.Tensor, use_cache: bool):
-        """(cache, last hidden, mask or None, next positions) for ``rows`` of a prefix, reused or recomputed."""
+    def _rows(self, prefix: Prefix, rows: torch.Tensor, use_cache: bool, extra: int):
+        """(cache, last hidden, mask or None, next positions) for ``rows`` of a prefix, reused or
+        recomputed; the cache has room for ``extra`` more positions."""
         if not use_cache:
             prefix = self._encode(prefix.input_ids.index_select(0, rows), prefix.attention_mask.index_select(0, rows))
             rows = torch.arange(rows.numel(), device=self.device)
         mask = prefix.attention_mask.index_select(0, rows)
+        capacity = prefix.length + extra if self.kv_cache == "static" else None
         return (
-            _new_cache(prefix.kv, rows),
+            new_cache(prefix.kv, rows, capacity),
             prefix.last_hidden.index_select(0, rows),
             # Without padding no mask is needed after the prefill; skipping it saves building a
             # causal mask every step (about 15% of a step on small models).
@@ -308,7 +337,11 @@ class JanusPro(MUGModel):
         use_prompt_cache: bool = True,
     ) -> TextResult:
         """Greedy reasoning text. ``max_new_tokens`` caps the whole text (forced prefix included;
-        a longer forced prefix is kept whole); decoding stops at EOS, which is not returned."""
+        a longer forced prefix is kept whole); decoding stops at EOS, which is not returned.
+
+        A row whose (prompt, forced prefix, cap) was decoded before returns the remembered
+        continuation (``plan_cache``): greedy decoding of the same input gives the same text, and in
+        most MILR steps the optimised prefix does not change. Only the other rows are decoded."""
         if not isinstance(state, JanusPromptState):
             raise TypeError(f"reason() needs the state from encode_prompts(), got {type(state).__name__}")
         b = len(state.prompts)
@@ -316,13 +349,39 @@ class JanusPro(MUGModel):
         if cap < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {cap}")
         forced = self._check_text_prefixes(prefix_ids, b)
-        lens = [len(f) for f in forced]
-        caps = [max(cap, n) for n in lens]
+        caps = [max(cap, len(f)) for f in forced]
+        remember = self.plan_cache > 0 and use_prompt_cache
+        keys = [(state.prompts[r], tuple(forced[r].tolist()), caps[r]) for r in range(b)]
+        rows: list[Optional[tuple[list[int], torch.Tensor, int]]] = [None] * b
+        if remember:
+            for r, key in enumerate(keys):
+                if key in self._plans:
+                    self._plans.move_to_end(key)
+                    rows[r] = self._plans[key]
+        todo = [r for r in range(b) if rows[r] is None]
+        if todo:
+            index = torch.tensor(todo, device=self.device)
+            for r, row in zip(todo, self._decode_text(state.prefix, index, [forced[r] for r in todo],
+                                                      [caps[r] for r in todo], use_prompt_cache)):
+                rows[r] = row
+                if remember:
+                    self._plans[keys[r]] = row
+                    while len(self._plans) > self.plan_cache:
+                        self._plans.popitem(last=False)
+        # Remembered rows count as decoded: budgets measure the search, not this cache.
+        self.counter.add_text([row[2] for row in rows])
+        id_t = [torch.tensor(row[0], dtype=torch.long) for row in rows]
+        return TextResult(ids=id_t, texts=[self.decode_text(x) for x in id_t], hidden=[row[1].clone() for row in rows])
 
-        cache, h, mask, pos = self._rows(state.prefix, torch.arange(b, device=self.device), use_prompt_cache)
+    def _decode_text(self, prefix: Prefix, index: torch.Tensor, forced: list[torch.Tensor], caps: list[int],
+                     use_prompt_cache: bool) -> list[tuple[list[int], torch.Tensor, int]]:
+        """Greedy decoding of prefix rows ``index``: per row (ids, states ``[n, H]``, tokens decoded)."""
+        b = len(forced)
+        lens = [len(f) for f in forced]
+        cache, h, mask, pos = self._rows(prefix, index, use_prompt_cache, extra=max(caps))
         ids: list[list[int]] = [[] for _ in range(b)]
         hidden: list[list[torch.Tensor]] = [[] for _ in range(b)]
-        decoded = 0
+        decoded = [0] * b
 
         # The part of the forced prefixes every row shares in length goes through in one forward.
         common = min(lens)
@@ -333,14 +392,12 @@ class JanusPro(MUGModel):
             for r in range(b):
                 ids[r].extend(toks[r].tolist())
                 hidden[r].extend(states[r].unbind(0))
-            decoded += b * common
+                decoded[r] += common
             h = out[:, -1]
-            mask = _grow(mask, common)
+            mask = grow(mask, common)
             pos = pos + common
 
-        done = [False] * b
-        for r in range(b):
-            done[r] = len(ids[r]) >= caps[r]
+        done = [len(ids[r]) >= caps[r] for r in range(b)]
         t = common
         while not all(done):
             # fp32 argmax as generate() does (it upcasts the last logits before processing).
@@ -351,7 +408,7 @@ class JanusPro(MUGModel):
                 step.append(tok)
                 if done[r]:
                     continue
-                decoded += 1
+                decoded[r] += 1
                 if tok == self.eos_id and t >= lens[r]:
                     done[r] = True
                     continue
@@ -363,15 +420,10 @@ class JanusPro(MUGModel):
                 break
             out = self._step(torch.tensor(step, device=self.device)[:, None], mask, pos, cache, image=False)
             h = out[:, -1]
-            mask = _grow(mask, 1)
+            mask = grow(mask, 1)
             pos = pos + 1
-        self.counter.add_text(decoded)
-        id_t = [torch.tensor(x, dtype=torch.long) for x in ids]
-        hid = [
-            torch.stack(x) if x else torch.zeros(0, self.hidden_size, dtype=self.dtype, device=self.device)
-            for x in hidden
-        ]
-        return TextResult(ids=id_t, texts=[self.decode_text(x) for x in id_t], hidden=hid)
+        empty = torch.zeros(0, self.hidden_size, dtype=self.dtype, device=self.device)
+        return [(ids[r], torch.stack(hidden[r]) if hidden[r] else empty, decoded[r]) for r in range(b)]
 
     def _step(self, toks: torch.Tensor, mask: Optional[torch.Tensor], pos: torch.Tensor, cache: Any, image: bool) -> torch.Tensor:
         """Feed ``toks`` ``[rows, T]`` after the cached prefix; returns their last-layer states."""
@@ -380,9 +432,9 @@ class JanusPro(MUGModel):
             embeds = self.model.prepare_embeddings_for_image_generation(toks)
         else:
             embeds = self.model.get_input_embeddings()(toks)
-        mask = _grow(mask, n)
+        mask = grow(mask, n)
         positions = pos[:, None] + torch.arange(n, device=self.device)[None]
-        return self._forward(embeds, mask, positions, cache)
+        return (self._decode_forward if n == 1 else self._forward)(embeds, mask, positions, cache)
 
     def _check_text_prefixes(self, prefix_ids: Optional[list[torch.Tensor]], b: int) -> list[torch.Tensor]:
         if prefix_ids is None:
@@ -400,6 +452,50 @@ class JanusPro(MUGModel):
 
     def decode_text(self, ids: torch.Tensor) -> str:
         return self.tokenizer.decode(torch.as_tensor(ids).tolist(), skip_special_tokens=True).strip()
+
+    # -- many prompts in one batch ------------------------------------------------------------------
+    batches_prompts = True
+
+    def merge_rows(self, parts: list[Any]) -> Union[JanusPromptState, JanusImageContext]:
+        """States or image contexts of separately encoded prompts as one batch, left padded.
+
+        Image contexts keep their ``[cond x B, uncond x B]`` row order: all parts' cond rows, then
+        all parts' uncond rows. No forward pass: the stored key/values are padded and concatenated."""
+        if not parts:
+            raise ValueError("merge_rows needs at least one part")
+        kind = type(parts[0])
+        if kind not in (JanusPromptState, JanusImageContext) or any(type(p) is not kind for p in parts):
+            raise TypeError("merge_rows needs all states (encode_prompts) or all contexts (image_context)")
+        prompts = [q for p in parts for q in p.prompts]
+        if kind is JanusPromptState:
+            return JanusPromptState(prompts=prompts, prefix=merge_prefixes([p.prefix for p in parts], self.pad_id))
+        halves = [select_prefix(p.prefix, self._context_rows(p, 0, p.batch, half)) for half in (0, 1) for p in parts]
+        return JanusImageContext(prompts=prompts, texts=[t for p in parts for t in p.texts],
+                                 prefix=merge_prefixes(halves, self.pad_id))
+
+    def split_rows(self, batch: Union[JanusPromptState, JanusImageContext], rows: list[int]) -> list[Any]:
+        """Consecutive blocks of ``rows`` prompt rows, each as its own state or context (shared
+        left padding trimmed)."""
+        b = len(batch.prompts)
+        if sum(rows) != b or any(int(n) < 1 for n in rows):
+            raise ValueError(f"split_rows: blocks {rows} do not partition {b} prompt rows")
+        out, start = [], 0
+        for n in rows:
+            if isinstance(batch, JanusImageContext):
+                index = torch.cat([self._context_rows(batch, start, n, half) for half in (0, 1)])
+                out.append(JanusImageContext(prompts=batch.prompts[start : start + n], texts=batch.texts[start : start + n],
+                                             prefix=select_prefix(batch.prefix, index)))
+            elif isinstance(batch, JanusPromptState):
+                index = torch.arange(start, start + n, device=self.device)
+                out.append(JanusPromptState(prompts=batch.prompts[start : start + n], prefix=select_prefix(batch.prefix, index)))
+            else:
+                raise TypeError(f"split_rows needs a state or an image context, got {type(batch).__name__}")
+            start += n
+        return out
+
+    def _context_rows(self, ctx: JanusImageContext, start: int, n: int, half: int) -> torch.Tensor:
+        """Prefix rows of prompts ``start .. start + n`` of a context: cond (``half`` 0) or uncond (1)."""
+        return torch.arange(start, start + n, device=self.device) + half * ctx.batch
 
     # -- image generation --------------------------------------------------------------------------
     def image_context(self, state: JanusPromptState, plans: Optional[list[str]] = None) -> JanusImageContext:
@@ -424,7 +520,7 @@ class JanusPro(MUGModel):
         prefix_tokens: Optional[torch.Tensor] = None,
         cfg: Optional[float] = None,
         temperature: Optional[float] = None,
-        generator: Optional[torch.Generator] = None,
+        generator: Union[torch.Generator, list[torch.Generator], None] = None,
         return_hidden: bool = True,
         use_prompt_cache: bool = True,
     ) -> ImageResult:
@@ -433,6 +529,8 @@ class JanusPro(MUGModel):
         With the same global seed (``generator=None``) or a generator in the same state, and no
         forced prefix, the tokens equal transformers' for the same prompts and ``num_samples``.
         A generator on another device than the model seeds a model-device generator from one draw.
+        A list of generators, one per prompt, samples each prompt's rows from its own stream, so a
+        prompt's tokens do not depend on the prompts batched with it.
         """
         if not isinstance(context, JanusImageContext):
             raise TypeError(f"sample_image() needs the context from image_context(), got {type(context).__name__}")
@@ -441,11 +539,14 @@ class JanusPro(MUGModel):
         r_rows = b * num_samples
         forced = self._check_image_prefix(prefix_tokens, r_rows, self.codebook_size)
         k = 0 if forced is None else forced.shape[1]
-        generator = _generator_for(generator, self.device)
+        # Runs of rows sharing a generator draw in one call, as an unbatched call on them would.
+        moved: dict[int, Optional[torch.Generator]] = {}
+        runs = [(lo, hi, moved.setdefault(id(g), _generator_for(g, self.device)))
+                for lo, hi, g in generator_runs(generator, b, num_samples)]
 
         # Prompt-major rows: [cond of each sample, then uncond of each sample], as generate() expands.
         idx = torch.arange(b, device=self.device).repeat_interleave(num_samples)
-        cache, h, mask, pos = self._rows(context.prefix, torch.cat([idx, idx + b]), use_prompt_cache)
+        cache, h, mask, pos = self._rows(context.prefix, torch.cat([idx, idx + b]), use_prompt_cache, extra=n)
         tokens = torch.empty(r_rows, n, dtype=torch.long, device=self.device)
         hidden = torch.empty(r_rows, n, 2, self.hidden_size, dtype=h.dtype, device=self.device) if return_hidden else None
 
@@ -460,7 +561,7 @@ class JanusPro(MUGModel):
                 if hidden is not None:
                     hidden[:, 1 : feed.shape[1] + 1] = torch.stack([out[:r_rows], out[r_rows:]], dim=2)
                 h = out[:, -1]
-                mask = _grow(mask, feed.shape[1])
+                mask = grow(mask, feed.shape[1])
                 pos = pos + feed.shape[1]
 
         head = self.model.model.generation_head
@@ -480,24 +581,29 @@ class JanusPro(MUGModel):
                     # TopKLogitsWarper's rule, applied after temperature as generate() orders them.
                     kth = torch.topk(fused, min(self.top_k, fused.shape[-1]))[0][..., -1, None]
                     fused = fused.masked_fill(fused < kth, float("-inf"))
-                probs = torch.softmax(fused, dim=-1)
-                tok = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+                tok = multinomial_rows(torch.softmax(fused, dim=-1), runs)
             tokens[:, i] = tok
             if i + 1 < n:
                 h = self._step(torch.cat([tok, tok])[:, None], mask, pos, cache, image=True)[:, -1]
-                mask = _grow(mask, 1)
+                mask = grow(mask, 1)
                 pos = pos + 1
         # Both CFG rows of every position are decoded through the transformer, forced ones included.
-        self.counter.add_image(2 * r_rows * n)
+        self.counter.add_image([2 * n] * r_rows)
         return ImageResult(tokens=tokens, hidden=hidden, cfg=w, temperature=temp)
 
     @torch.no_grad()
     def decode_image(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Pixels of all rows, ``decode_chunk`` rows per VQ-decoder call (its activations at 384 px
+        are about 50 MB per row in bf16, so a chunk bounds memory while still batching)."""
         tokens = torch.as_tensor(tokens)
         if tokens.dim() != 2 or tokens.shape[1] != self.image_tokens:
             raise ValueError(f"decode_image needs tokens [R, {self.image_tokens}], got {tuple(tokens.shape)}")
-        pixels = self.model.decode_image_tokens(tokens.long().to(self.device))  # [R, H, W, 3], about [-1, 1]
-        return ((pixels.permute(0, 3, 1, 2).float() + 1) / 2).clamp(0, 1)
+        tokens = tokens.long().to(self.device)
+        out = []
+        for chunk in tokens.split(self.decode_chunk):
+            pixels = self.model.decode_image_tokens(chunk)  # [r, H, W, 3], about [-1, 1]
+            out.append(((pixels.permute(0, 3, 1, 2).float() + 1) / 2).clamp(0, 1))
+        return torch.cat(out)
 
     # -- heads ---------------------------------------------------------------------------------------
     def text_head(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -576,6 +682,11 @@ def _resolve_dtype(dtype: Optional[str], device: torch.device) -> torch.dtype:
     return _DTYPES[key]
 
 
+def _resolve_attn(attn: Optional[str], device: torch.device) -> Optional[str]:
+    """SDPA (fused attention kernels) by default on CUDA; elsewhere transformers' own default."""
+    return "sdpa" if attn is None and device.type == "cuda" else attn
+
+
 def _dtype_kwarg() -> str:
     """``from_pretrained`` took ``torch_dtype`` before transformers 4.56 and ``dtype`` since."""
     import transformers
@@ -621,9 +732,21 @@ def _resolve_source(model: str, revision: Optional[str]) -> str:
     return model
 
 
-def _grow(mask: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:
-    """The attention mask after ``n`` more (real) tokens; ``None`` stays ``None`` (no padding)."""
-    return None if mask is None else torch.cat([mask, mask.new_ones(mask.shape[0], n)], dim=1)
+def _check_args(max_text_tokens: int, temperature: float, top_k: Optional[int], kv_cache: str, decode_chunk: int,
+                plan_cache: int) -> None:
+    """The constructor's value checks, before anything loads."""
+    if max_text_tokens < 1:
+        raise ValueError(f"max_text_tokens must be >= 1, got {max_text_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 0):
+        raise ValueError(f"top_k must be a non-negative integer or None, got {top_k!r}")
+    if kv_cache not in ("static", "dynamic"):
+        raise ValueError(f"kv_cache must be 'static' or 'dynamic', got {kv_cache!r}")
+    if not isinstance(decode_chunk, int) or decode_chunk < 1:
+        raise ValueError(f"decode_chunk must be a positive integer, got {decode_chunk!r}")
+    if not isinstance(plan_cache, int) or plan_cache < 0:
+        raise ValueError(f"plan_cache must be a non-negative integer, got {plan_cache!r}")
 
 
 def _token_id(tok: Any, token: str) -> int:

@@ -304,7 +304,8 @@ def test_decoded_pixels_match_decode_image_tokens(janus, ref):
     assert pixels.min() >= 0 and pixels.max() <= 1
 
 
-def test_greedy_reasoning_equals_generate_text(janus, ref):
+def test_greedy_reasoning_equals_generate_text(janus, ref, monkeypatch):
+    monkeypatch.setattr(janus, "plan_cache", 0)  # compare a fresh decoding, not a remembered one
     state = janus.encode_prompts(PROMPTS)
     got = janus.reason(state, max_new_tokens=8)
     expect_ids = janus.tokenizer([reasoning_prompt(p) for p in PROMPTS], padding=True, padding_side="left",
@@ -319,7 +320,8 @@ def test_greedy_reasoning_equals_generate_text(janus, ref):
         assert got.texts[r] == janus.tokenizer.decode(row, skip_special_tokens=True).strip()
 
 
-def test_text_hidden_are_lm_head_inputs(janus, ref):
+def test_text_hidden_are_lm_head_inputs(janus, ref, monkeypatch):
+    monkeypatch.setattr(janus, "plan_cache", 0)  # compare a fresh decoding, not a remembered one
     state = janus.encode_prompts(PROMPTS[:1])
     res = janus.reason(state, max_new_tokens=6)
     ids = torch.cat([state.prefix.input_ids[0], res.ids[0][:-1]])[None]
@@ -329,7 +331,8 @@ def test_text_hidden_are_lm_head_inputs(janus, ref):
     torch.testing.assert_close(res.hidden[0], expect, atol=1e-5, rtol=1e-5)
 
 
-def test_forced_text_prefix_is_continued_greedily(janus):
+def test_forced_text_prefix_is_continued_greedily(janus, monkeypatch):
+    monkeypatch.setattr(janus, "plan_cache", 0)  # decode every call: the comparison below is between decodings
     state = janus.encode_prompts(PROMPTS)
     forced = [torch.tensor([20, 21, 22]), torch.tensor([30])]
     res = janus.reason(state, prefix_ids=forced, max_new_tokens=6)

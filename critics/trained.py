@@ -300,7 +300,7 @@ def register_user_critics(path: str | os.PathLike | None = None, strict: bool | 
             raise ValueError(f"{file}: {msg}")
         warnings.warn(f"{file}: {msg}; entry skipped", stacklevel=3)
 
-    from milr.recipe import RecipeError, read_yaml_file
+    from milr.config import RecipeError, read_yaml_file
 
     try:  # the recipes' limits: an alias bomb here once made `milr list` hang
         data = read_yaml_file(file, "critics file") or {}

@@ -11,6 +11,11 @@ traceback. Kept free of heavy imports so ``milr list`` stays fast.
 from __future__ import annotations
 
 
+def error_text(e: BaseException) -> str:
+    """An exception's text for a one-line message (a KeyError's without the quotes its str() adds)."""
+    return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e) or type(e).__name__
+
+
 class UserError(Exception):
     """A problem the user can fix; ``kind`` names it in the one-line CLI message."""
 

@@ -86,7 +86,8 @@ def load_tasks(spec, recipe_file: str | None = None) -> list[Task]:
     Every problem (an unreadable file, a bad item, an unknown split, two prompts with one id) is a
     :class:`~milr.recipe.RecipeError` naming the ``prompts`` key, raised before anything loads.
     """
-    from milr.recipe import RecipeError, _message
+    from milr.config import RecipeError
+    from milr.errors import error_text
 
     key = "prompts.inline" if spec.inline is not None else "prompts.file" if spec.file is not None else "prompts"
     try:
@@ -94,7 +95,7 @@ def load_tasks(spec, recipe_file: str | None = None) -> list[Task]:
     except RecipeError:
         raise
     except (ValueError, TypeError, KeyError, OSError) as e:
-        raise RecipeError(recipe_file, key, _message(e)) from None
+        raise RecipeError(recipe_file, key, error_text(e)) from None
     seen: dict[str, int] = {}
     for t in tasks:
         if t.id in seen:  # the second would be skipped forever on resume (results are keyed by id)
@@ -121,14 +122,15 @@ def _load_tasks(spec: Any, recipe_file: str | None) -> list[Task]:
             raise ValueError(f"prompt file not found: {spec.file!r}")
         raw = _read_file(p)
     else:
-        from milr.recipe import RecipeError, _message
+        from milr.config import RecipeError
+        from milr.errors import error_text
 
         suite = SUITES.get(spec.suite)
         try:
             raw = suite(split=spec.split, tags=spec.tags)
         except (ValueError, TypeError, KeyError) as e:  # an unknown split or tag, say
             key = "prompts.split" if "split" in str(e) else "prompts.tags" if "tag" in str(e) else "prompts.suite"
-            raise RecipeError(recipe_file, key, f"suite {spec.suite!r}: {_message(e)}") from None
+            raise RecipeError(recipe_file, key, f"suite {spec.suite!r}: {error_text(e)}") from None
         if not isinstance(raw, list):
             raise ValueError(f"suite {spec.suite!r} returned {type(raw).__name__}, not a list of items")
     tasks = [_item_to_task(i, it) for i, it in enumerate(raw)]

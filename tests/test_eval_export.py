@@ -326,3 +326,6 @@ def test_oracle_is_read_from_prompt_metadata_benchmark_for_inline_prompts():
             "search": {"name": "generate"}, "prompts": {"inline": inline}}
     v = recipe_verdict(load_recipe(data).to_dict())
     assert v.oracle is True and any("explanation" in r for r in v.reasons)
+    # the benchmark named in the metadata gives the suite whose card names the scorer
+    scorer = {**data, "critics": [{"name": "geneval"}], "prompts": {"inline": [{"prompt": "p", "metadata": {"tag": "colors", "benchmark": "geneval"}}]}}
+    assert "suite 'geneval'" in recipe_verdict(load_recipe(scorer).to_dict()).reasons[0]

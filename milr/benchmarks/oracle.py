@@ -171,11 +171,14 @@ def recipe_verdict(recipe: Mapping[str, Any], tasks: Optional[Sequence[Any]] = N
         tasks = load_tasks(PromptsSpec(**recipe["prompts"]))
     suite = (recipe.get("prompts") or {}).get("suite")
     if suite is None:
-        from milr.benchmarks import BENCHMARKS
+        # Each benchmark's suite is registered under the benchmark's name with a card naming it (read
+        # from the registry, not milr.benchmarks: the run folder code calls this rule).
+        from milr.registry import SUITES
 
         named = {(t.metadata or {}).get("benchmark") for t in tasks}
-        if len(named) == 1 and next(iter(named)) in BENCHMARKS:
-            suite = BENCHMARKS[next(iter(named))].suite
+        name = next(iter(named)) if len(named) == 1 else None
+        if name in SUITES and getattr(SUITES.card(name), "benchmark", None) == name:
+            suite = name
     categories = {str((t.metadata or {}).get("tag")) for t in tasks if (t.metadata or {}).get("tag") is not None}
     privileged = {f for t in tasks for f in (t.metadata or {}).get("privileged", ()) if f in (t.metadata or {})}
     return oracle_verdict(recipe.get("critics") or [], suite, categories, privileged)

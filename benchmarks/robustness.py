@@ -267,8 +267,9 @@ def main_rc(argv: list[str]) -> int:
 
 
 def _check_lines(run_dir: Path, expected: set[str]) -> bool:
-    lines = [json.loads(s) for s in (run_dir / "results.jsonl").read_text().splitlines() if s.strip()]
-    ids = [r["id"] for r in lines]
+    from milr.run_record import read_records
+
+    ids = [r.id for r in read_records(run_dir, skip_torn=False)]  # typed lines: a bad one is an error
     return len(ids) == len(set(ids)) and set(ids) == expected
 
 

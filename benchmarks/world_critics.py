@@ -160,9 +160,9 @@ def milr_gain(pref_dir: Path, clip_dir: Path, per_tag: int, steps: int, seed: in
         t0 = time.perf_counter()
         run_dir = run_recipe({**base, **extra, "run": {**base["run"], "name": f"world-critics-{label}"}}, progress=False,
                              log=lambda s: None)
-        res = RunRecord(run_dir).results()
-        init = [r["initial"]["eval"]["world_oracle"] for r in res]
-        final = [r["final"]["eval"]["world_oracle"] for r in res]
+        res = RunRecord(run_dir).records()
+        init = [r.side("initial").eval["world_oracle"] for r in res]
+        final = [r.side("final").eval["world_oracle"] for r in res]
         out[label] = {"prompts": len(res), "base": float(np.mean(init)), "milr": float(np.mean(final)),
                       "gain": float(np.mean(final) - np.mean(init)), "run_dir": str(run_dir),
                       "seconds": round(time.perf_counter() - t0, 1)}

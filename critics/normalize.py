@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
+from milr.run_record import SideRecord, read_records
+
 STATS_FORMAT = "milr-critic-stats/1"
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -43,33 +45,23 @@ class RunScores:
     images: dict[str, str]  # "initial"/"final" -> path relative to the run folder
 
 
-def _side_scores(rec: dict, side: str) -> dict[str, float]:
-    scores = (rec.get(side) or {}).get("scores") or {}
-    out = {}
-    for name, v in scores.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            out[str(name)] = float(v)
-    return out
+def _side_scores(side: Optional[SideRecord]) -> dict[str, float]:
+    """The finite recorded scores of a side (a skipped non-finite score is null and left out)."""
+    scores = side.scores if side is not None else {}
+    return {name: v for name, v in scores.items() if v is not None and math.isfinite(v)}
 
 
 def read_run_scores(run_dir: Union[str, Path]) -> list[RunScores]:
-    """Every prompt's recorded per-critic scores in a run folder (a torn last line is skipped)."""
-    path = Path(run_dir) / "results.jsonl"
-    if not path.is_file():
+    """Every prompt's recorded per-critic scores in a run folder (typed lines of
+    :func:`milr.run_record.read_records`; a torn last line is skipped)."""
+    if not (Path(run_dir) / "results.jsonl").is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder (no results.jsonl)")
     out = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # the partial last line of a killed run
-        if not isinstance(rec, dict):
-            continue
-        images = {k: v for k, v in (rec.get("images") or {}).items() if k in ("initial", "final") and isinstance(v, str)}
-        out.append(RunScores(prompt=str(rec.get("prompt", "")), metadata=rec.get("metadata") or {},
-                             initial=_side_scores(rec, "initial"), final=_side_scores(rec, "final"), images=images))
+    for rec in read_records(run_dir):
+        im = rec.images
+        images = {k: getattr(im, k) for k in ("initial", "final") if im is not None and isinstance(getattr(im, k), str)}
+        out.append(RunScores(prompt=rec.prompt or "", metadata=rec.metadata, initial=_side_scores(rec.initial),
+                             final=_side_scores(rec.final), images=images))
     return out
 
 

@@ -154,35 +154,25 @@ def _load_png(path: Path):
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
-def _results_of(run_dir: Path) -> list[dict]:
-    out = []
-    for line in (run_dir / "results.jsonl").read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a torn last line of a killed run
-    return out
-
-
 def run_folder_sets(run_dir: Path, sides: Sequence[str] = ("initial", "final"), name_prefix: str = "") -> dict[str, ImageSet]:
     """One :class:`ImageSet` per side (``initial``/``final``) of a run folder's result lines."""
     import torch
 
-    results = _results_of(run_dir)
+    from milr.run_record import read_records
+
+    results = read_records(run_dir)  # typed lines; a torn last line of a killed run is skipped
     if not results:
         raise AgreementError(f"{run_dir}: the run folder has no results yet (results.jsonl is empty)")
     sets = {}
     for side in sides:
         images, prompts, metadata = [], [], []
         for r in results:
-            rel = (r.get("images") or {}).get(side)
+            rel = getattr(r.images, side, None)
             if not rel or not (run_dir / rel).is_file():
-                raise AgreementError(f"{run_dir}: the {side} image of prompt {r.get('id')!r} is missing ({rel})")
+                raise AgreementError(f"{run_dir}: the {side} image of prompt {r.id!r} is missing ({rel})")
             images.append(_load_png(run_dir / rel))
-            prompts.append(r["prompt"])
-            metadata.append(r.get("metadata") or {})
+            prompts.append(r.need("prompt").prompt)
+            metadata.append(r.metadata)
         sets[name_prefix + side] = ImageSet(name_prefix + side, torch.stack(images), prompts, metadata)
     return sets
 

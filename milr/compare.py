@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
+from milr.run_record import PromptRecord
+
 _COUNT_ARGS = {"reinforce": "steps", "best_of_n": "n", "cma_es": "generations"}
 _UNCAPPED_COUNT = 100_000
 _SPEC = re.compile(r"^(?:(?P<label>[\w\-.]+)=)?(?P<name>[\w\-.:]+)(?:\((?P<args>.*)\))?$", re.S)
@@ -150,23 +152,23 @@ def bootstrap_interval(values: Sequence[float], tags: Optional[Sequence[str]] = 
 # ---------------------------------------------------------------------------------------------
 # Tables from run folders
 # ---------------------------------------------------------------------------------------------
-def _metric_of(result: dict, when: str, metric: Optional[str]) -> float:
+def _metric_of(result: PromptRecord, when: str, metric: Optional[str]) -> float:
+    part = result.side(when)
     if metric is None:
-        return float(result[when]["reward"])
-    part = result[when]
-    for key in ("eval", "scores"):
-        if metric in part.get(key, {}):
-            return float(part[key][metric])
-    raise KeyError(f"metric {metric!r} not found in the results (have: {sorted(part.get('eval', {})) + sorted(part.get('scores', {}))})")
+        return float(part.reward)  # type: ignore[arg-type]
+    for scores in (part.eval, part.scores):
+        if metric in scores:
+            return float(scores[metric])  # type: ignore[arg-type]
+    raise KeyError(f"metric {metric!r} not found in the results (have: {sorted(part.eval) + sorted(part.scores)})")
 
 
-def _anytime_curve(results: list[dict], grid) -> list[float]:
+def _anytime_curve(results: list[PromptRecord], grid) -> list[float]:
     """Mean over prompts of the best critic reward reached within each generator-token budget."""
     import numpy as np
 
     curves = []
     for r in results:
-        pts = [(t["budget"]["generator_tokens"], t["best"]) for t in r.get("trace", []) if "budget" in t and "best" in t]
+        pts = [(t["budget"]["generator_tokens"], t["best"]) for t in r.trace if "budget" in t and "best" in t]
         if not pts:
             continue
         toks = np.array([p[0] for p in pts], dtype=float)
@@ -182,17 +184,17 @@ def summarize_runs(runs: dict[str, Union[str, Path]], metric: Optional[str] = No
     """The comparison table (as a dict) from finished run folders ``{label: run_dir}``."""
     from milr.records import RunRecord
 
-    loaded = {label: RunRecord(d).results() for label, d in runs.items()}
+    loaded = {label: RunRecord(d).records() for label, d in runs.items()}
     for label, res in loaded.items():
         if not res:
             raise ValueError(f"run {label!r} ({runs[label]}) has no results")
     first = next(iter(loaded.values()))
-    tags = sorted({(r.get("metadata") or {}).get("tag", "all") for r in first})
+    tags = sorted({r.tag for r in first})
     rows: dict[str, dict] = {}
 
-    def row(results: list[dict], when: str) -> dict:
+    def row(results: list[PromptRecord], when: str) -> dict:
         vals = [_metric_of(r, when, metric) for r in results]
-        rtags = [(r.get("metadata") or {}).get("tag", "all") for r in results]
+        rtags = [r.tag for r in results]
         out: dict[str, Any] = {"n": len(vals), "by_tag": {}}
         for t in tags:
             sel = [v for v, tt in zip(vals, rtags) if tt == t]
@@ -201,7 +203,7 @@ def summarize_runs(runs: dict[str, Union[str, Path]], metric: Optional[str] = No
         out["overall"] = dict(zip(("mean", "low", "high"), bootstrap_interval(vals, rtags, confidence, n_resamples)))
         if when == "final":
             for k in ("generator_tokens", "critic_calls", "seconds"):
-                xs = [r["budget"].get(k) for r in results if k in r.get("budget", {})]
+                xs = [getattr(r.budget, k) for r in results if r.budget is not None]
                 out[k] = sum(xs) / len(xs) if xs else None
         else:
             out.update(generator_tokens=None, critic_calls=1, seconds=None)
@@ -211,18 +213,18 @@ def summarize_runs(runs: dict[str, Union[str, Path]], metric: Optional[str] = No
     rows["base"]["oracle"] = "no"  # the ordinary generation: no critic has acted on it
     base_tokens = []
     for r in first:
-        tr = r.get("trace") or []
+        tr = r.trace
         if tr and "budget" in tr[0]:
             base_tokens.append(tr[0]["budget"]["generator_tokens"])
     rows["base"]["generator_tokens"] = sum(base_tokens) / len(base_tokens) if base_tokens else None
     for label, res in loaded.items():
-        ids = {r["id"] for r in res}
-        if ids != {r["id"] for r in first}:
+        ids = {r.id for r in res}
+        if ids != {r.id for r in first}:
             print(f"milr compare: warning: run {label!r} covers different prompts than the first run", file=sys.stderr)
         rows[label] = row(res, "final")
         verdict = RunRecord(runs[label]).oracle()  # milr.benchmarks.oracle, recorded in the manifest
         rows[label]["oracle"], rows[label]["oracle_reasons"] = verdict.label(), list(verdict.reasons)
-    max_tok = max((r["budget"].get("generator_tokens", 0) for res in loaded.values() for r in res), default=0)
+    max_tok = max((r.budget.generator_tokens for res in loaded.values() for r in res if r.budget is not None), default=0)
     import numpy as np
 
     grid = np.linspace(0, max_tok, 60) if max_tok else np.zeros(1)
@@ -389,7 +391,7 @@ def compare(
         if cap is None and match_budget and i == 0 and len(specs) > 1:
             from milr.records import RunRecord
 
-            spent = [r["budget"]["generator_tokens"] for r in RunRecord(runs[spec["label"]]).results()]
+            spent = [r.need("budget").budget.generator_tokens for r in RunRecord(runs[spec["label"]]).records()]
             how = "mean" if match_budget == "mean" else "max"
             cap = int(math.ceil(sum(spent) / len(spent))) if how == "mean" else int(max(spent))
             log(f"milr compare: matching the others to {spec['label']}'s {how} spend, {cap} generator tokens per prompt")

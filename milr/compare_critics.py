@@ -41,16 +41,16 @@ def run_label(label: str, recipe: str, overrides: list[str], out: Path) -> Path:
 
 
 def load_rows(run_dir: Path, metric: Optional[str]) -> list[dict]:
+    """One row per prompt: the held-out metric before and after, and the spend (typed run records)."""
+    from milr.run_record import read_records
+
     rows = []
-    for line in (run_dir / "results.jsonl").read_text().splitlines():
-        if not line.strip():
-            continue
-        r = json.loads(line)
-        ev_i, ev_f = r["initial"].get("eval", {}), r["final"].get("eval", {})
+    for r in read_records(run_dir, skip_torn=False):
+        ev_i, ev_f = r.side("initial").eval, r.side("final").eval
         key = metric or next(iter(ev_i))
-        rows.append({"id": r["id"], "tag": r["metadata"].get("tag", "all"), "before": float(ev_i[key]),
-                     "after": float(ev_f[key]), "tokens": r["budget"]["generator_tokens"],
-                     "critic_calls": r["budget"].get("critic_calls", 0)})
+        budget = r.need("budget").budget
+        rows.append({"id": r.id, "tag": r.tag, "before": float(ev_i[key]), "after": float(ev_f[key]),  # type: ignore[arg-type]
+                     "tokens": budget.generator_tokens, "critic_calls": budget.critic_calls})
     return rows
 
 

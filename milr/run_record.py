@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, ClassVar, Optional, Union
 
 from milr.errors import RunFolderError
 
@@ -74,38 +74,39 @@ class SideRecord:
                    eval=_scores(d.get("eval"), where, f"{what}.eval"), text=d.get("text"), step=d.get("step"))
 
 
+class _Flat:
+    """to/from JSON for a record whose fields are plain JSON values, under the key ``_what``."""
+
+    _what: ClassVar[str]
+
+    def to_json(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "") -> Any:
+        return cls(**_check_keys(data, cls, where, cls._what))
+
+
 @dataclass
-class BudgetRecord:
+class BudgetRecord(_Flat):
     """What a prompt spent (:meth:`milr.interfaces.BudgetLedger.snapshot`)."""
 
+    _what: ClassVar[str] = "budget"
     text_tokens: int = 0
     image_tokens: int = 0
     generator_tokens: int = 0
     critic_calls: int = 0
     seconds: float = 0.0
 
-    def to_json(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_json(cls, data: Any, where: str = "") -> "BudgetRecord":
-        return cls(**_check_keys(data, cls, where, "budget"))
-
 
 @dataclass
-class ImagesRecord:
+class ImagesRecord(_Flat):
     """Image paths relative to the run folder."""
 
+    _what: ClassVar[str] = "images"
     initial: Optional[str] = None
     final: Optional[str] = None
     steps: list[str] = field(default_factory=list)  # best image of each step (``run.save_steps``)
-
-    def to_json(self) -> dict:
-        return {"initial": self.initial, "final": self.final, "steps": list(self.steps)}
-
-    @classmethod
-    def from_json(cls, data: Any, where: str = "") -> "ImagesRecord":
-        return cls(**_check_keys(data, cls, where, "images"))
 
 
 @dataclass

@@ -59,15 +59,16 @@ def run_items(run_dir: Path, which: str = "final") -> list[ImageItem]:
 
     if which not in ("initial", "final"):
         raise BenchmarkError(f"--which must be 'initial' or 'final', found {which!r}")
-    results = RunRecord(run_dir).results()
+    results = RunRecord(run_dir).records()
     if not results:
         raise BenchmarkError(f"{run_dir} has no results (results.jsonl is empty or missing)")
     items = []
-    for r in sorted(results, key=lambda r: r["index"]):
-        md = r.get("metadata") or {}
+    for r in sorted(results, key=lambda r: r.need("index").index):
+        md = r.metadata
         k = int(md.get("image_index", 0))
-        pid = str(r["id"]).rsplit("#", 1)[0] if "image_index" in md else str(r["id"])
-        items.append(ImageItem(Path(run_dir) / r["images"][which], r["prompt"], md, pid, k, which))
+        pid = str(r.id).rsplit("#", 1)[0] if "image_index" in md else str(r.id)
+        image = getattr(r.need("images").images, which)
+        items.append(ImageItem(Path(run_dir) / str(image), r.need("prompt").prompt, md, pid, k, which))
     return items
 
 

@@ -6,7 +6,7 @@ be executed, offline, to check that critic's parity (tests) and to compare again
 
 The package (``pip install --no-deps image-reward==1.5 fairscale==0.4.13``) breaks on transformers
 >= 4.57 and needs the hub; the fixes below are those listed in the project's dependency notes
-(``shared/docs/dependencies.md`` section 1.4). Each applies only when the attribute it supplies
+(``docs/dependencies.md`` section 1.4). Each applies only when the attribute it supplies
 is missing, so on an older transformers nothing is changed:
 
 1. the package ``__init__`` (which imports OpenAI ``clip``, diffusers, datasets) is never run:

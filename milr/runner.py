@@ -4,6 +4,12 @@ For each prompt: a fresh search instance, one :class:`~milr.interfaces.BudgetLed
 ask/tell loop until the search is done or the budget is spent, then the initial and final images
 are scored by every critic (and by held-out ``evaluate`` critics) and one result line is written.
 Results are appended as each prompt finishes, so a killed run resumes where it stopped.
+
+``run.batch_prompts > 1`` searches that many prompts together, their model and critic calls merged
+into one batch each (:mod:`milr.batching`); a prompt's record is the one it gets alone. The parts,
+for executors that hand prompts to workers (Ray actors, shards): :func:`build_components` once per
+process, :func:`solve` yields each finished prompt's record and images, :func:`write_result` writes
+them (the driver is the only writer of ``results.jsonl``).
 """
 
 from __future__ import annotations
@@ -11,8 +17,9 @@ from __future__ import annotations
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from milr.errors import NonFiniteError, RunFolderError
 from milr.executors.shards import Shard
@@ -106,15 +113,16 @@ def finite_rewards(rewards, candidates: list, critic: Critic, images, task: Task
 
 
 def run_task(search, model, critic: Critic, task: Task, budget: Budget, seed: int, on_step: Callable | None = None,
-             guard=None, on_nonfinite: str = "error"):
+             guard=None, on_nonfinite: str = "error", ledger: Optional[BudgetLedger] = None):
     """The ask/tell loop for one prompt. Returns (initial candidate, initial reward, best, reward, ledger).
 
     ``guard`` (a :class:`milr.diagnostics.Guard`) judges the best-so-far after every step, may stop
-    the loop, and decides the returned candidate; its calls count in the ledger.
+    the loop, and decides the returned candidate; its calls count in the ledger. ``ledger``: a fresh
+    ledger on ``model.counter`` made by the caller (the batched runner keeps its clock), else one is made.
     """
     import torch
 
-    ledger = BudgetLedger(budget, model.counter)
+    ledger = ledger or BudgetLedger(budget, model.counter)
     if guard is not None:
         guard.start(lambda image: float(_score(guard.critic, image[None], task, ledger)[0]))
     device = getattr(model, "device", "cpu")
@@ -146,6 +154,147 @@ def run_task(search, model, critic: Critic, task: Task, budget: Budget, seed: in
     return initial, best, reward, ledger, steps
 
 
+@dataclass
+class Components:
+    """What a process builds once and every prompt uses (:func:`build_components`)."""
+
+    recipe: Recipe
+    model: Any
+    critic: Critic  # the combined search critic
+    members: dict[str, Critic]
+    evals: dict[str, Critic]
+    curve_evals: dict[str, Critic]  # held-out critics scored at every step (not those that cost money per call)
+    guard: Any  # milr.diagnostics.Guard or None
+    search_cls: type
+    budget: Budget
+
+
+def build_components(recipe: Recipe, device: str, run_dir: Optional[Path] = None) -> Components:
+    """Threads, seed, model, critics (bound to ``run_dir`` when given), guard, search class and budget."""
+    import torch
+
+    if recipe.run.threads:
+        torch.set_num_threads(recipe.run.threads)
+    torch.manual_seed(recipe.run.seed)
+    model = build_model(recipe)
+    critic, members, evals = build_critics(recipe, model, device)
+    if run_dir is not None:
+        bind_run_folder([critic, *members.values(), *evals.values()], run_dir)
+    guard = None
+    if getattr(recipe, "guard", None) is not None:
+        from milr.diagnostics import Guard
+
+        g = recipe.guard
+        guard = Guard(build_critic(g.critic, model, device, None, recipe.run.dtype), g.patience, g.tolerance, g.critic.name)
+    # Per-step held-out scores are for the plot; critics that cost money per call (card cost "api",
+    # e.g. a GPT-4o judge) score only the initial and final images, as before.
+    curve_evals = {k: c for (k, c), spec in zip(evals.items(), recipe.evaluate) if _card_cost(spec.name) != "api"}
+    return Components(recipe, model, critic, members, evals, curve_evals, guard, SEARCHES.get(recipe.search.name),
+                      Budget(**recipe.run.budget.model_dump()))
+
+
+def _solve_one(c: Components, task: Task, model, wrap: Callable[[Any], Any], bind_ledger: Callable[[Any], None],
+               step_bar: Any = None) -> tuple[PromptRecord, dict]:
+    """One prompt: search, score the initial and final images, build its record (without image paths).
+
+    ``model`` and ``wrap(critic)`` are the components themselves, or a batch's proxies of them.
+    """
+    import copy
+
+    import torch
+
+    from milr.diagnostics import StepTracer
+
+    recipe = c.recipe
+    t0 = time.perf_counter()
+    search = c.search_cls(**recipe.search.args)
+    critic, members = wrap(c.critic), {k: wrap(m) for k, m in c.members.items()}
+    evals = {k: wrap(e) for k, e in c.evals.items()}
+    guard = None
+    if c.guard is not None:  # a guard keeps per-prompt state: each prompt its own
+        guard = copy.copy(c.guard)
+        guard.critic = wrap(c.guard.critic)
+    step_images: list[tuple[int, Any]] = []
+    # Held-out per-step scores for curves.png: no ledger, so they never count against the budget.
+    tracer = StepTracer(members, {k: evals[k] for k in c.curve_evals}, critic, lambda cr, x: _score(cr, x, task).tolist())
+    ledger = BudgetLedger(c.budget, model.counter)
+    bind_ledger(ledger)
+
+    def on_step(step, candidates, rewards):
+        extra = {"guard": guard.history[-1]["guard"]} if guard is not None and guard.history else None
+        t_trace = time.perf_counter()
+        tracer.observe(step - 1, candidates, rewards, *search.best(), extra=extra)
+        # Held-out scoring is not search time: move the ledger's clock past it (budget.seconds).
+        ledger.exclude_seconds(time.perf_counter() - t_trace)
+        if step_bar is not None:
+            step_bar.update(1)
+            step_bar.set_postfix(reward=f"{float(rewards.max()):.3f}")
+        if recipe.run.save_steps:
+            step_images.append((step, candidates[int(rewards.argmax())].image))
+
+    if step_bar is not None:
+        step_bar.reset(total=getattr(search, "steps", None))
+    seed = recipe.run.seed * 1_000_003 + task.seed
+    initial, best, reward, ledger, steps = run_task(search, model, critic, task, c.budget, seed, on_step, guard,
+                                                    on_nonfinite=recipe.run.on_nonfinite, ledger=ledger)
+    both = torch.stack([initial[0].image, best.image])
+    scores = {k: _score(m, both, task).tolist() for k, m in members.items()}
+    evals_s = {k: _score(e, both, task).tolist() for k, e in evals.items()}
+    for k, v in {**scores, **evals_s}.items():  # NaN here is written as null when skipping
+        if recipe.run.on_nonfinite != "skip" and not all(math.isfinite(x) for x in v):
+            raise NonFiniteError(f"critic {k!r} returned {v} for prompt {task.id!r}; fix the critic, "
+                                 "or set run.on_nonfinite: skip")
+    result = PromptRecord(
+        index=task.index, id=task.id, prompt=task.prompt, metadata=task.metadata,
+        initial=SideRecord(initial[1], {k: v[0] for k, v in scores.items()}, {k: v[0] for k, v in evals_s.items()},
+                           initial[0].text),
+        final=SideRecord(reward, {k: v[1] for k, v in scores.items()}, {k: v[1] for k, v in evals_s.items()},
+                         best.text, best.step),
+        steps=steps, skipped_nonfinite=getattr(ledger, "skipped_nonfinite", 0),
+        budget=BudgetRecord(**ledger.snapshot()), seconds=round(time.perf_counter() - t0, 4),
+        trace=getattr(search, "trace", []), curve=tracer.curve, guard=guard.record() if guard is not None else None,
+    )
+    return result, {"initial": initial[0].image, "final": best.image, "steps": step_images}
+
+
+def solve(components: Components, tasks: Iterable[Task], batch_prompts: Optional[int] = None,
+          step_bar: Any = None, stats: Any = None) -> Iterator[tuple[PromptRecord, dict]]:
+    """Search ``tasks``; yield each prompt's ``(record, images)`` as it finishes.
+
+    ``record`` is the :class:`PromptRecord` without image paths (``images`` is None); ``images`` is
+    ``{"initial": Tensor[3,H,W], "final": Tensor, "steps": [(step, Tensor), ...]}`` (steps with
+    ``run.save_steps``). With ``batch_prompts`` (default ``run.batch_prompts``) above 1 the prompts
+    run that many at a time (:mod:`milr.batching`) and finish in any order; each record is the one
+    the prompt gets alone. ``step_bar`` (a tqdm bar, batch 1 only) shows a prompt's steps;
+    ``stats`` (a :class:`milr.batching.BatchStats`) collects the merged calls.
+    """
+    size = components.recipe.run.batch_prompts if batch_prompts is None else int(batch_prompts)
+    if size <= 1:
+        for task in tasks:
+            yield _solve_one(components, task, components.model, lambda x: x, lambda ledger: None, step_bar)
+        return
+    from milr.batching import Coordinator, ModelProxy
+
+    def work(task: Task, slot) -> tuple[PromptRecord, dict]:
+        def bind(ledger) -> None:
+            slot.ledger = ledger
+
+        return _solve_one(components, task, ModelProxy(slot, components.model), slot.critic, bind)
+
+    for _, outcome in Coordinator(components.model, size, stats).run(tasks, work):
+        yield outcome
+
+
+def write_result(record: RunRecord, result: PromptRecord, images: dict) -> PromptRecord:
+    """Save a prompt's images in the run folder, set the record's image paths and append its line."""
+    i = result.index
+    result.images = ImagesRecord(record.save_image(images["initial"], f"{i:05d}_initial.png"),
+                                 record.save_image(images["final"], f"{i:05d}_final.png"),
+                                 [record.save_image(x, f"steps/{i:05d}_{step:03d}.png") for step, x in images.get("steps", [])])
+    record.append(result.to_json())
+    return result
+
+
 def run_recipe(
     recipe: Recipe | str | Path | dict,
     overrides: list[str] | tuple[str, ...] = (),
@@ -158,7 +307,6 @@ def run_recipe(
 
     ``shard`` runs only its share of the prompts (:mod:`milr.executors.shards`); a resume keeps the manifest's.
     """
-    import torch
     from tqdm.auto import tqdm
 
     from milr.prompts import tasks_fingerprint
@@ -184,6 +332,10 @@ def run_recipe(
         if not isinstance(recipe, Recipe):
             recipe = load_recipe(recipe, overrides)
         tasks = preflight(recipe)  # every user error surfaces here, before a folder or a weight exists
+        if recipe.run.executor == "ray":  # a cluster too small for the workers fails here too
+            from milr.executors.ray_executor import connect
+
+            connect(recipe.run)
         name = recipe.run.name or (Path(recipe.source).stem if recipe.source else "run")
         if shard is not None:
             name += f"-shard{shard.index}of{shard.count}"
@@ -199,82 +351,31 @@ def run_recipe(
     done = record.done_ids()
     todo = [t for t in tasks if t.id not in done]
     log(f"milr: run folder {record.dir} ({len(todo)} of {len(tasks)} prompts to do)")
+    if recipe.run.executor == "ray":  # workers build the components and solve; this process writes
+        from milr.executors.ray_executor import run_ray
+
+        run_ray(recipe, record, todo, len(tasks), log, progress_lines=progress is None and not sys.stderr.isatty())
+        todo = []
     if not todo:
         log(record.write_summary())
         record.unlock()
         return record.dir
 
-    if recipe.run.threads:
-        torch.set_num_threads(recipe.run.threads)
-    torch.manual_seed(recipe.run.seed)
-    model = build_model(recipe)
-    critic, members, evals = build_critics(recipe, model, device)
-    bind_run_folder([critic, *members.values(), *evals.values()], record.dir)
-    guard = None
-    if getattr(recipe, "guard", None) is not None:
-        from milr.diagnostics import Guard
-
-        g = recipe.guard
-        guard = Guard(build_critic(g.critic, model, device, None, recipe.run.dtype), g.patience, g.tolerance, g.critic.name)
-    search_cls = SEARCHES.get(recipe.search.name)
-    budget = Budget(**recipe.run.budget.model_dump())
+    comps = build_components(recipe, device, record.dir)
     show = sys.stderr.isatty() if progress is None else progress
-
-    # Per-step held-out scores are for the plot; critics that cost money per call (card cost "api",
-    # e.g. a GPT-4o judge) score only the initial and final images, as before.
-    curve_evals = {k: c for (k, c), spec in zip(evals.items(), recipe.evaluate) if _card_cost(spec.name) != "api"}
-    bar = tqdm(todo, desc="prompts", disable=not show, dynamic_ncols=True)
-    for task in bar:
-        t0 = time.perf_counter()
-        search = search_cls(**recipe.search.args)
-        step_bar = tqdm(total=getattr(search, "steps", None), desc="steps", leave=False, disable=not show)
-        step_images = []
-        from milr.diagnostics import StepTracer
-
-        # Held-out per-step scores for curves.png: no ledger, so they never count against the budget.
-        tracer = StepTracer(members, curve_evals, critic, lambda c, x, task=task: _score(c, x, task).tolist())
-
-        def on_step(step, candidates, rewards):
-            extra = {"guard": guard.history[-1]["guard"]} if guard is not None and guard.history else None
-            t_trace = time.perf_counter()
-            tracer.observe(step - 1, candidates, rewards, *search.best(), extra=extra)
-            # Held-out scoring is not search time: move the ledger's clock past it (budget.seconds).
-            search.ledger.exclude_seconds(time.perf_counter() - t_trace)
-            step_bar.update(1)
-            step_bar.set_postfix(reward=f"{float(rewards.max()):.3f}")
-            if recipe.run.save_steps:
-                i = int(rewards.argmax())
-                step_images.append(record.save_image(candidates[i].image, f"steps/{task.index:05d}_{step:03d}.png"))
-
-        seed = recipe.run.seed * 1_000_003 + task.seed
-        initial, best, reward, ledger, steps = run_task(search, model, critic, task, budget, seed, on_step, guard,
-                                                        on_nonfinite=recipe.run.on_nonfinite)
-        step_bar.close()
-        both = __import__("torch").stack([initial[0].image, best.image])
-        scores = {k: _score(c, both, task).tolist() for k, c in members.items()}
-        evals_s = {k: _score(c, both, task).tolist() for k, c in evals.items()}
-        for k, v in {**scores, **evals_s}.items():  # NaN here is written as null when skipping
-            if recipe.run.on_nonfinite != "skip" and not all(math.isfinite(x) for x in v):
-                raise NonFiniteError(f"critic {k!r} returned {v} for prompt {task.id!r}; fix the critic, "
-                                     "or set run.on_nonfinite: skip")
-        result = PromptRecord(
-            index=task.index, id=task.id, prompt=task.prompt, metadata=task.metadata,
-            initial=SideRecord(initial[1], {k: v[0] for k, v in scores.items()}, {k: v[0] for k, v in evals_s.items()},
-                               initial[0].text),
-            final=SideRecord(reward, {k: v[1] for k, v in scores.items()}, {k: v[1] for k, v in evals_s.items()},
-                             best.text, best.step),
-            steps=steps, skipped_nonfinite=getattr(ledger, "skipped_nonfinite", 0),
-            budget=BudgetRecord(**ledger.snapshot()), seconds=round(time.perf_counter() - t0, 4),
-            trace=getattr(search, "trace", []), curve=tracer.curve, guard=guard.record() if guard is not None else None,
-            images=ImagesRecord(record.save_image(initial[0].image, f"{task.index:05d}_initial.png"),
-                                record.save_image(best.image, f"{task.index:05d}_final.png"), step_images),
-        )
-        record.append(result.to_json())
-        bar.set_postfix(reward=f"{reward:.3f}")
+    bar = tqdm(total=len(todo), desc="prompts", disable=not show, dynamic_ncols=True)
+    batched = recipe.run.batch_prompts > 1
+    step_bar = None if batched else tqdm(desc="steps", leave=False, disable=not show)
+    for n, (result, images) in enumerate(solve(comps, todo, step_bar=step_bar), 1):
+        write_result(record, result, images)
+        bar.update(1)
+        bar.set_postfix(reward=f"{result.final.reward:.3f}")
         if progress is None and not show:  # nohup, SLURM, a pipe: no bar, so one line per prompt
-            done_n = len(tasks) - len(todo) + todo.index(task) + 1
-            log(f"milr: [{done_n}/{len(tasks)}] {task.id}: reward {initial[1]:.4g} -> {reward:.4g}, "
-                f"{steps} steps, {result.seconds:.1f} s")
+            log(f"milr: [{len(tasks) - len(todo) + n}/{len(tasks)}] {result.id}: reward {result.initial.reward:.4g} -> "
+                f"{result.final.reward:.4g}, {result.steps} steps, {result.seconds:.1f} s")
+    if step_bar is not None:
+        step_bar.close()
+    bar.close()
     table = record.write_summary()
     log(table)
     record.unlock()

@@ -33,7 +33,7 @@ from typing import Any, Optional
 
 import torch
 
-from milr.interfaces import Critic, ImageResult, MUGModel, TextResult, TokenCounter, fuse_cfg
+from milr.interfaces import Critic, ImageResult, MUGModel, TextResult, TokenCounter, generator_runs, multinomial_rows
 
 EOS = 0
 
@@ -155,7 +155,7 @@ class ToyMUG(MUGModel):
         if not use_prompt_cache:
             self.prompt_encodes += B
         limit = self.max_text_tokens if max_new_tokens is None else max_new_tokens
-        ids_out, texts, hidden_out = [], [], []
+        ids_out, texts, hidden_out, counts = [], [], [], []
         for b in range(B):
             forced = [] if prefix_ids is None else [int(t) for t in prefix_ids[b]]
             p = state.vecs[b]
@@ -170,11 +170,12 @@ class ToyMUG(MUGModel):
                 ids.append(tok)
                 hs.append(h)
                 prev = self.E_t[tok]
-            self.counter.add_text(len(ids))
+            counts.append(len(ids))
             ids_t = torch.tensor(ids, dtype=torch.long)
             ids_out.append(ids_t)
             texts.append(self.decode_text(ids_t))
             hidden_out.append(torch.stack(hs) if hs else torch.zeros(0, self.hidden_size))
+        self.counter.add_text(counts)  # per row: a merged batch charges each prompt its own tokens
         return TextResult(ids=ids_out, texts=texts, hidden=hidden_out)
 
     # -- images ----------------------------------------------------------------------------------
@@ -215,6 +216,7 @@ class ToyMUG(MUGModel):
         hidden = torch.zeros(R, N, 2, self.hidden_size)
         prev = self.bos_v.expand(R, 2, -1)
         L = 0 if prefix_tokens is None else prefix_tokens.shape[1]
+        runs = generator_runs(generator, B, num_samples)
         for i in range(N):
             h = torch.tanh(ctx + prev + self.pos[i])
             hidden[:, i] = h
@@ -222,7 +224,7 @@ class ToyMUG(MUGModel):
                 tok = prefix_tokens[:, i].long()
             else:
                 logits = self.image_logits(h, w) / T
-                tok = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(1)
+                tok = multinomial_rows(torch.softmax(logits, -1), runs)
             tokens[:, i] = tok
             prev = self.E_v[tok].unsqueeze(1).expand(R, 2, -1)
         self.counter.add_image(2 * R * N)
@@ -233,6 +235,27 @@ class ToyMUG(MUGModel):
         cells = self.palette[tokens.long()].view(R, self.grid, self.grid, 3).permute(0, 3, 1, 2)
         k = self.image_size // self.grid
         return cells.repeat_interleave(k, dim=2).repeat_interleave(k, dim=3).contiguous()
+
+    # -- many prompts in one batch -----------------------------------------------------------------
+    batches_prompts = True
+
+    def merge_rows(self, parts: list) -> Any:
+        if all(isinstance(p, ToyState) for p in parts):
+            return ToyState([q for p in parts for q in p.prompts], torch.cat([p.vecs for p in parts]))
+        plans = None if any(p.plans is None for p in parts) else [q for p in parts for q in p.plans]
+        return ToyContext(torch.cat([p.cond for p in parts]), torch.cat([p.uncond for p in parts]), plans)
+
+    def split_rows(self, batch: Any, rows: list[int]) -> list:
+        out, start = [], 0
+        for r in rows:
+            end = start + r
+            if isinstance(batch, ToyState):
+                out.append(ToyState(batch.prompts[start:end], batch.vecs[start:end]))
+            else:
+                plans = None if batch.plans is None else batch.plans[start:end]
+                out.append(ToyContext(batch.cond[start:end], batch.uncond[start:end], plans))
+            start = end
+        return out
 
     # -- heads -----------------------------------------------------------------------------------
     def text_head(self, hidden: torch.Tensor) -> torch.Tensor:

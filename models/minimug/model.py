@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from milr.interfaces import ImageResult, MUGModel, TextResult, TokenCounter, fuse_cfg
+from milr.interfaces import ImageResult, MUGModel, TextResult, TokenCounter, fuse_cfg, generator_runs, multinomial_rows
 from milr.registry import MODELS
 
 from .tokenizer import NUM_TOKENS, PatchTokenizer
@@ -122,6 +122,38 @@ class KVCache:
             self.valid.index_select(0, index),
             self.image_count.index_select(0, index),
         )
+
+    def trimmed(self) -> "KVCache":
+        """Without the leading positions that are padding in every row (after selecting rows)."""
+        start = _first_real_column(self.valid)
+        if start == 0:
+            return self
+        return KVCache([(k[:, :, start:], v[:, :, start:]) for k, v in self.kv], self.valid[:, start:], self.image_count)
+
+    @staticmethod
+    def concat(caches: list["KVCache"]) -> "KVCache":
+        """The rows of ``caches`` in one cache, shorter ones left-padded with masked positions
+        (positions count real tokens only, so padding does not move a row's positions)."""
+        n = max(c.length for c in caches)
+        kv = [(torch.cat([_pad_left(c.kv[i][0], n, 2) for c in caches]), torch.cat([_pad_left(c.kv[i][1], n, 2) for c in caches]))
+              for i in range(len(caches[0].kv))]
+        return KVCache(kv, torch.cat([_pad_left(c.valid, n, 1) for c in caches]), torch.cat([c.image_count for c in caches]))
+
+
+def _pad_left(x: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    """``x`` left-padded with zeros (False for masks) to length ``n`` along ``dim``."""
+    extra = n - x.shape[dim]
+    if extra == 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = extra
+    return torch.cat([x.new_zeros(shape), x], dim=dim)
+
+
+def _first_real_column(valid: torch.Tensor) -> int:
+    """Index of the first position that is real in some row (0 when none is padding everywhere)."""
+    real = valid.any(0).nonzero()
+    return int(real[0]) if len(real) else 0
 
 
 class Block(nn.Module):
@@ -339,6 +371,18 @@ class ImageContext:
         return len(self.prompts)
 
 
+def _gather(parts: Sequence[Union[PromptState, ImageContext]], index: torch.Tensor):
+    """``(ids, valid, cache, last_hidden)`` of rows ``index`` of ``parts`` put end to end (left-padded
+    to one length), without the positions that are padding in every selected row."""
+    n = max(p.ids.shape[1] for p in parts)
+    ids = torch.cat([_pad_left(p.ids, n, 1) for p in parts]).index_select(0, index)  # PAD is id 0
+    valid = torch.cat([_pad_left(p.valid, n, 1) for p in parts]).index_select(0, index)
+    cache = (parts[0].cache if len(parts) == 1 else KVCache.concat([p.cache for p in parts])).select(index).trimmed()
+    last = torch.cat([p.last_hidden for p in parts]).index_select(0, index)
+    start = _first_real_column(valid)
+    return ids[:, start:], valid[:, start:], cache, last
+
+
 def _left_pad(rows: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     n = max(len(r) for r in rows)
     ids = torch.full((len(rows), n), PAD, dtype=torch.long)
@@ -502,7 +546,8 @@ class MiniMUG(MUGModel):
             for f in forced:
                 if any(not 0 <= t < self.net.text_vocab for t in f):
                     raise ValueError(f"prefix_ids must be text token ids in [0, {self.net.text_vocab})")
-            max_new = max(max_new, max(len(f) for f in forced))
+        # Each row's own cap (a longer forced prefix is kept whole), so a row decodes what it would alone.
+        caps = [max(max_new, len(f)) for f in forced]
         if use_prompt_cache:
             cache, h = state.cache, state.last_hidden
         else:
@@ -510,9 +555,9 @@ class MiniMUG(MUGModel):
             h = hs[:, -1]
         ids: list[list[int]] = [[] for _ in range(b)]
         hidden: list[list[torch.Tensor]] = [[] for _ in range(b)]
-        done = [False] * b
-        decoded = 0
-        for t in range(max_new):
+        done = [cap <= 0 for cap in caps]
+        decoded = [0] * b  # per row, so a merged batch charges each prompt its own tokens
+        for t in range(max(caps)):
             greedy = self.text_head(h).argmax(-1).tolist()
             step = []
             for r in range(b):
@@ -520,13 +565,14 @@ class MiniMUG(MUGModel):
                 step.append(tok)
                 if done[r]:
                     continue
-                decoded += 1
+                decoded[r] += 1
                 if tok == EOP:
                     done[r] = True
                 else:
                     ids[r].append(tok)
                     hidden[r].append(h[r])
-            if all(done) or t == max_new - 1:
+                done[r] = done[r] or decoded[r] >= caps[r]
+            if all(done):
                 break
             hs, cache = self.net(torch.tensor(step, device=self.device)[:, None], None, cache)
             h = hs[:, -1]
@@ -578,6 +624,7 @@ class MiniMUG(MUGModel):
         else:
             hs, cache = self.net(context.ids.index_select(0, index), context.valid.index_select(0, index))
             h = hs[:, -1]
+        runs = generator_runs(generator, b, num_samples)
         tokens = torch.zeros(r_rows, n, dtype=torch.long, device=self.device)
         hidden = torch.zeros(r_rows, n, 2, self.hidden_size, dtype=self.dtype, device=self.device) if return_hidden else None
         for i in range(n):
@@ -590,7 +637,7 @@ class MiniMUG(MUGModel):
                     tok = logits.argmax(-1)
                 else:
                     probs = torch.softmax(logits / temp, dim=-1)
-                    tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+                    tok = multinomial_rows(probs, runs)
             tokens[:, i] = tok
             if hidden is not None:
                 hidden[:, i, 0] = hc
@@ -605,6 +652,44 @@ class MiniMUG(MUGModel):
 
     def decode_image(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.tokenizer.decode(tokens)
+
+    # -- many prompts in one batch ---------------------------------------------------------------
+    batches_prompts = True
+
+    def merge_rows(self, parts: list[Union[PromptState, ImageContext]]) -> Union[PromptState, ImageContext]:
+        """Prompt states or image contexts as one, left-padded (see ``MUGModel.merge_rows``)."""
+        if all(isinstance(p, PromptState) for p in parts):
+            ids, valid, cache, last = _gather(parts, torch.arange(sum(len(p.prompts) for p in parts), device=self.device))
+            return PromptState([q for p in parts for q in p.prompts], ids, valid, cache, last)
+        if not all(isinstance(p, ImageContext) for p in parts):
+            raise TypeError("merge_rows needs all prompt states (encode_prompts) or all image contexts (image_context)")
+        # Each context holds its cond rows, then its uncond rows; the merged one all cond rows first.
+        cond, uncond, offset = [], [], 0
+        for p in parts:
+            b = p.batch_size
+            cond.append(torch.arange(offset, offset + b))
+            uncond.append(torch.arange(offset + b, offset + 2 * b))
+            offset += 2 * b
+        ids, valid, cache, last = _gather(parts, torch.cat(cond + uncond).to(self.device))
+        plans = None if any(p.plans is None for p in parts) else [q for p in parts for q in p.plans]
+        return ImageContext([q for p in parts for q in p.prompts], plans, ids, valid, cache, last)
+
+    def split_rows(self, batch: Union[PromptState, ImageContext], rows: list[int]) -> list[Union[PromptState, ImageContext]]:
+        """Consecutive blocks of ``rows`` prompts of a state or context, padding trimmed."""
+        if sum(rows) != len(batch.prompts):
+            raise ValueError(f"split_rows: {sum(rows)} rows asked of a batch of {len(batch.prompts)} prompts")
+        out, start, b = [], 0, len(batch.prompts)
+        for r in rows:
+            if isinstance(batch, ImageContext):
+                index = torch.cat([torch.arange(start, start + r), torch.arange(b + start, b + start + r)])
+                ids, valid, cache, last = _gather([batch], index.to(self.device))
+                plans = None if batch.plans is None else batch.plans[start:start + r]
+                out.append(ImageContext(batch.prompts[start:start + r], plans, ids, valid, cache, last))
+            else:
+                ids, valid, cache, last = _gather([batch], torch.arange(start, start + r, device=self.device))
+                out.append(PromptState(batch.prompts[start:start + r], ids, valid, cache, last))
+            start += r
+        return out
 
     # -- understanding -------------------------------------------------------------------------
     @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Reference statistics for ensemble normalisation, and ``milr calibrate`` that writes them.
+"""Reference statistics for ensemble normalisation (``milr calibrate``, :mod:`milr.calibrate`, writes them).
 
 A ``zscore`` or ``rank`` normalisation needs a critic's score distribution. Taking it from the
 images a search is optimising (the first image of a prompt, or the first batch) makes the scale
@@ -9,7 +9,7 @@ mean and std of its reward over a reference set for exactly this purpose:
 * a **run folder** written by the runner: each member's recorded score of the run's *initial*
   images (``results.jsonl`` lines ``{"initial": {"scores": {critic_name: score}}}``) -- what the
   model generates before any search, the distribution a search starts from;
-* a **stats file** (JSON or YAML) written by :func:`calibrate` / ``milr calibrate``::
+* a **stats file** (JSON or YAML) written by :func:`milr.calibrate.calibrate` / ``milr calibrate``::
 
       {"format": "milr-critic-stats/1", "source": {...},
        "critics": {"world_pref": {"n": 12, "mean": ..., "std": ..., "min": ..., "max": ...,
@@ -131,7 +131,7 @@ def read_stats_file(path: Union[str, Path]) -> dict[str, CriticStats]:
     p = Path(path)
     text = p.read_text()
     if p.suffix in (".yaml", ".yml"):
-        from milr.recipe import parse_yaml
+        from milr.config import parse_yaml
 
         data = parse_yaml(text, str(p))
     else:
@@ -187,26 +187,3 @@ def write_stats(stats: dict[str, CriticStats], out: Union[str, Path], source: Op
     else:
         out.write_text(json.dumps(data, indent=2) + "\n")
     return out
-
-
-def calibrate(recipe: Union[str, Path, dict], out: Union[str, Path], overrides: Sequence[str] = (),
-              log=None) -> tuple[Path, dict[str, CriticStats]]:
-    """Generate each prompt's image once (the ``generate`` search) and write the critics' statistics.
-
-    The recipe's critics, model and prompts are used as they are; its search becomes ``generate``
-    (one image per prompt, no search) and its ``combine`` is dropped, since the normalisation being
-    calibrated may not exist yet. The runner records every critic's raw score of that image, and
-    those scores become the stats file. Returns (stats file, {critic: stats}).
-    """
-    from milr.recipe import load_recipe
-    from milr.runner import run_recipe
-
-    r = load_recipe(recipe, list(overrides) + ["combine=null", "search={name: generate}"])
-    if r.run.name is None:
-        r.run.name = "calibrate-" + (Path(r.source).stem if r.source else "recipe")
-    kwargs = {} if log is None else {"log": log}
-    run_dir = run_recipe(r, progress=False, **kwargs)
-    stats = run_stats(run_dir, "initial")
-    source = {"run": str(Path(run_dir).resolve()), "recipe": r.source, "overrides": list(overrides),
-              "prompts": r.prompts.model_dump(exclude_none=True), "images": "initial (search: generate)"}
-    return write_stats(stats, out, source), stats

@@ -204,7 +204,7 @@ def _cmd_train_detector(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from milr.critics.normalize import calibrate
+    from milr.calibrate import calibrate
 
     out, stats = calibrate(args.recipe, args.out, args.overrides, log=lambda s: print(s, file=sys.stderr))
     for name, st in sorted(stats.items()):

@@ -18,7 +18,8 @@ import yaml
 
 from milr.critics.ensemble import Ensemble
 from milr.critics.ensemble_config import validate_combine
-from milr.critics.normalize import CriticStats, calibrate, read_run_scores, read_stats_file, reference_stats, run_stats
+from milr.calibrate import calibrate
+from milr.critics.normalize import CriticStats, read_run_scores, read_stats_file, reference_stats, run_stats
 from milr.interfaces import Critic
 from milr.recipe import RecipeError, load_recipe
 from milr.records import RunRecord

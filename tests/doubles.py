@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -77,3 +79,32 @@ class ScriptedSearch(Search):
 
     def done(self) -> bool:
         return self.step >= len(self.colours)
+
+
+class ExitOnceCritic(BrightnessCritic):
+    """Brightness, but its process dies (``os._exit``, as a kill or an OOM would) the first time it scores
+    ``prompt``; ``marker`` is created first, so the retry, in a new process, scores normally."""
+
+    def __init__(self, marker: str, prompt: str, delay: float = 0.0):
+        super().__init__(delay)
+        self.marker, self.prompt = marker, prompt
+
+    def score(self, images: torch.Tensor, prompts: list[str], metadata: list[dict]) -> torch.Tensor:
+        import os
+
+        if self.prompt in prompts and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os._exit(1)
+        return super().score(images, prompts, metadata)
+
+
+def write_tiny_clip_config(path: Path, image_size: int = 32) -> Path:
+    """An open_clip model config JSON of a one-layer CLIP (built with random weights in about a second).
+
+    open_clip registers configs by file stem, so each test gives its own file name."""
+    path.write_text(json.dumps({
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": image_size, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }))
+    return path

@@ -15,6 +15,7 @@ from milr.critics.cache import CachedCritic, ScoreCache
 from milr.critics.ensemble import Ensemble, load_reference
 from milr.interfaces import Critic
 from milr.registry import CRITICS
+from doubles import write_tiny_clip_config
 
 
 class ChannelCritic(Critic):
@@ -306,12 +307,7 @@ def test_cached_clip_score_identity_includes_weights(tmp_path):
     """Two checkpoints of one architecture never share cache entries."""
     from milr.critics.clip_score import CLIPScore, load_open_clip
 
-    cfg = tmp_path / "milr-cache-tiny-clip.json"
-    cfg.write_text(json.dumps({
-        "embed_dim": 16,
-        "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    }))
+    cfg = write_tiny_clip_config(tmp_path / "milr-cache-tiny-clip.json", image_size=16)
     paths = []
     for seed in (0, 1):
         torch.manual_seed(seed)
@@ -357,12 +353,7 @@ def test_ensemble_recipe_runs_through_the_runner(tmp_path):
 
     from milr.runner import run_recipe
 
-    cfg = tmp_path / "milr-recipe-tiny-clip.json"
-    cfg.write_text(json.dumps({
-        "embed_dim": 16,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    }))
+    cfg = write_tiny_clip_config(tmp_path / "milr-recipe-tiny-clip.json")
     data = _ensemble_recipe()
     data["model"] = {"name": "toy_mug:ToyMUG", "image_size": 32}
     text = yaml.safe_dump(data).replace("world_clip", "clip_score")

@@ -22,6 +22,7 @@ from milr.interfaces import Budget, Critic, Task
 from milr.recipe import RecipeError, load_recipe, parse_yaml, preflight
 from milr.records import RunRecord
 from milr.runner import run_recipe, run_task
+from doubles import write_tiny_clip_config
 from toy_mug import TargetTokenCritic, ToyMUG
 
 TESTS = Path(__file__).parent
@@ -346,12 +347,7 @@ def test_missing_weights_fail_the_dry_run(tmp_path, capsys, critic, needle):
 
 
 def test_random_clip_only_on_request(tmp_path):
-    cfg = tmp_path / "tiny-clip.json"
-    cfg.write_text(json.dumps({
-        "embed_dim": 16,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    }))
+    cfg = write_tiny_clip_config(tmp_path / "tiny-clip.json")
     from milr.critics.clip_score import CLIPScore
 
     with pytest.raises(ValueError, match="pretrained: random"):

@@ -249,6 +249,7 @@ class JanusPro(MUGModel):
         self._plans: OrderedDict[tuple, tuple[list[int], torch.Tensor, int]] = OrderedDict()
         # Only the one-token decoding step is compiled: the prefill's shapes vary per prompt.
         self._decode_forward = self._forward
+        self.compiled = bool(compile)
         if compile:
             self._decode_forward = torch.compile(self._forward, dynamic=True, backend=compile_backend)
 

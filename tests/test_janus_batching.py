@@ -73,10 +73,14 @@ def test_static_buffer_equals_dynamic_cache(janus, monkeypatch):
 
 
 def test_compiled_decoding_step_gives_the_same_tokens(tiny_path, janus):
+    from torch._dynamo.utils import counters
+
     compiled = _janus(tiny_path, compile=True, compile_backend="eager")
-    assert compiled._decode_forward is not compiled._forward
+    assert compiled.compiled and not janus.compiled
     ctx = janus.image_context(janus.encode_prompts(PROMPTS[:1]))
+    counters.clear()
     a = compiled.sample_image(ctx, num_samples=2, generator=torch.Generator().manual_seed(8))
+    assert counters["stats"]["unique_graphs"] >= 1  # the step did go through dynamo
     b = janus.sample_image(ctx, num_samples=2, generator=torch.Generator().manual_seed(8))
     assert torch.equal(a.tokens, b.tokens)
     torch.testing.assert_close(a.hidden, b.hidden, atol=1e-5, rtol=1e-5)
@@ -180,3 +184,23 @@ def test_pixel_decoder_chunks_equal_one_call(janus, monkeypatch):
 def test_bad_speed_arguments(tiny_path, kw, match):
     with pytest.raises(ValueError, match=match):
         _janus(tiny_path, **kw)
+
+
+def test_gpu_throughput_benchmark_runs_on_cpu(capsys):
+    """benchmarks/gpu_throughput.sh's Python part (random Janus, roofline, timed batches) on the tiny
+    shape, as ``gpu_throughput.sh --cpu-smoke`` runs it; the shell script itself parses."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    assert subprocess.run(["bash", "-n", str(root / "benchmarks" / "gpu_throughput.sh")]).returncode == 0
+    sys.path.insert(0, str(root / "benchmarks"))
+    import janus_random
+
+    janus_random.print_roofline("tiny")
+    janus_random.print_throughput("tiny", "cpu", [1, 2], repeats=1)
+    out = capsys.readouterr().out
+    assert "| 2 (4) | " in out and "floor ms/step" in out and "GenEval MILR-20" in out
+    seven = janus_random.roofline("janus-pro-7b", batches=(1,))[0]  # the public shape: 7B, bf16
+    assert 12.0 < seven["weight_gb"] < 12.6 and seven["byte_ms"] > 50 * seven["flop_ms"]

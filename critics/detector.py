@@ -52,6 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from milr.critics.shipped import resolve_shipped, shipped
 from milr.geneval import Detection, GenEvalResult, evaluate
 from milr.interfaces import Critic, given_arg
 from milr.registry import CRITICS
@@ -97,23 +98,15 @@ def ultralytics_offline() -> None:
 
 def shipped_detectors() -> dict[str, Path]:
     """Detectors shipped with milr, by name: ``milr/critics/weights/<name>/<name>.pt``."""
-    root = Path(__file__).resolve().parent / "weights"
-    if not root.is_dir():
-        return {}
-    return {p.name: p / f"{p.name}.pt" for p in sorted(root.iterdir()) if (p / f"{p.name}.pt").is_file()}
+    return shipped(lambda folder: folder / f"{folder.name}.pt" if (folder / f"{folder.name}.pt").is_file() else None)
 
 
 def resolve_yolo_weights(weights: Union[str, Path]) -> Path:
     """A local ``.pt``/``.yaml`` path, or the name of a shipped detector (``world_detector``)."""
     path = Path(str(weights)).expanduser()
     if path.suffix == "" and not path.exists():
-        shipped = shipped_detectors()
-        if str(weights) in shipped:
-            return shipped[str(weights)]
-        raise FileNotFoundError(
-            f"detector weights {str(weights)!r}: not a file and not a shipped detector "
-            f"(shipped: {', '.join(shipped) or 'none installed'}); give a local YOLO .pt"
-        )
+        return resolve_shipped(str(weights), shipped_detectors(), "detector weights {name}: not a file and not a "
+                               "shipped detector (shipped: {shipped}); give a local YOLO .pt")
     return path
 
 

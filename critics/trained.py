@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from milr.cards import CriticCard
+from milr.critics.shipped import resolve_shipped, shipped
 from milr.interfaces import Critic, given_arg
 from milr.registry import CRITICS
 
@@ -45,16 +46,9 @@ VERSION = "1"  # bump when scoring code changes scores (part of the cache key)
 SHIPPED = ("world_pref", "world_clip")
 
 
-def weights_root() -> Path:
-    """Folder of the critics' shipped weights (``milr/critics/weights``)."""
-    return Path(__file__).resolve().parent / "weights"
-
-
 def shipped_checkpoints() -> dict[str, Path]:
-    root = weights_root()
-    if not root.is_dir():
-        return {}
-    return {p.name: p for p in sorted(root.iterdir()) if (p / "critic.json").is_file()}
+    """Trained critics shipped with milr, by name: ``milr/critics/weights/<name>/critic.json``."""
+    return shipped(lambda folder: folder if (folder / "critic.json").is_file() else None)
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -68,13 +62,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
                 f"{p} is not a trained-critic folder (no critic.json); train one with `milr train-critic RECIPE`"
             )
         return p
-    shipped = shipped_checkpoints()
-    if str(path) in shipped:
-        return shipped[str(path)]
-    raise FileNotFoundError(
-        f"trained critic {str(path)!r} not found: give a folder written by `milr train-critic` or a shipped name "
-        f"({', '.join(shipped) or 'none installed'})"
-    )
+    return resolve_shipped(str(path), shipped_checkpoints(), "trained critic {name} not found: give a folder written by "
+                           "`milr train-critic` or a shipped name ({shipped})")
 
 
 def read_info(folder: Path) -> dict:
@@ -341,5 +330,5 @@ def register_user_critics(path: str | os.PathLike | None = None, strict: bool | 
     return done
 
 
-__all__ = ["TrainedCritic", "register_user_critics", "resolve_checkpoint", "shipped_checkpoints", "weights_root",
+__all__ = ["TrainedCritic", "register_user_critics", "resolve_checkpoint", "shipped_checkpoints",
            "world_clip", "world_pref", "user_config_path"]

@@ -21,6 +21,7 @@ CRITICS.register_lazy(
         weights="none (geometry and colour rules)",
         reference="GenEval rules, Ghosh et al. 2023 (arXiv 2310.11513)",
     ),
+    tags={"binary": {"mode": "binary"}, "partial": {"mode": "partial"}},
 )
 CRITICS.register_lazy(
     "clip_score",

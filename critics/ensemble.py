@@ -63,7 +63,7 @@ import hashlib
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Literal, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -158,12 +158,16 @@ class Ensemble(Critic):
     the registry names, de-duplicated as ``name#i``.
     """
 
+    # Arguments that hold component specs: the recipe validator checks each member against its
+    # critic's signature before anything loads (milr.recipe.validate_component_args).
+    component_args = {"members": "critics"}
+
     def __init__(
         self,
         members: Sequence[Union[Critic, Mapping[str, Any]]],
         weights: Optional[Sequence[float]] = None,
         names: Optional[Sequence[str]] = None,
-        mode: str = "sum",
+        mode: Literal["sum", "min", "product", "lcb"] = "sum",
         normalize: Union[str, Mapping[str, Any], None] = "none",
         reference: Any = None,
         gates: Optional[Mapping[str, Mapping[str, float]]] = None,

@@ -12,8 +12,8 @@ One merge rule for ``extends:`` and for command-line overrides, LightningCLI's
 lists and scalars are replaced, and a block that *switches* to another thing is replaced whole
 rather than merged -- a component given a different ``name`` drops the parent's arguments of the
 old component (they would be unknown arguments of the new one), and a prompt block that switches
-source (``suite`` -> ``file``, or another suite) drops the old source's keys. What counts as "the
-same thing" is the schema's :data:`Identity` function; an override ``search.name=best_of_n`` is
+source (``suite`` -> ``file``, or another suite) drops the old source's key. What counts as "the
+same thing" is the schema's :class:`MergeRule`; an override ``search.name=best_of_n`` is
 merged exactly as a child recipe's ``search: {name: best_of_n}`` is.
 """
 
@@ -28,11 +28,6 @@ from typing import Any, Callable, Hashable, Optional
 import yaml
 
 from milr.errors import UserError
-
-# (key path, node) -> what the node *is* (a component's name, a prompt source), or None when the
-# node does not say; two different identities at one path mean "switch": the child replaces.
-Identity = Callable[[str, Any], Optional[Hashable]]
-
 
 class RecipeError(UserError, ValueError):
     """A recipe (or training config) problem, located by file and key path."""
@@ -170,32 +165,42 @@ def _read_mapping(path: Path) -> dict:
 # ---------------------------------------------------------------------------------------------
 # The merge rule (extends and overrides)
 # ---------------------------------------------------------------------------------------------
-def deep_merge(base: dict, over: dict, identity: Identity | None = None, path: str = "") -> dict:
+def deep_merge(base: dict, over: dict, rule: MergeRule | None = None, path: str = "") -> dict:
     """Merge ``over`` onto ``base``: dicts key by key, everything else replaced; a dict whose
-    identity (see :data:`Identity`) differs from the base's at the same path replaces it whole."""
-    if identity is not None:
-        new, old = identity(path, over), identity(path, base)
-        if new is not None and old is not None and new != old:
-            return copy.deepcopy(over)
+    identity (:class:`MergeRule`) differs from the base's at the same path switches: of the base,
+    only what the rule keeps (nothing, for a component) is merged under it."""
     out = copy.deepcopy(base)
+    if rule is not None:
+        new, old = rule.identity(path, over), rule.identity(path, base)
+        if new is not None and old is not None and new != old:
+            out = copy.deepcopy(rule.kept(path, base))
     for k, v in over.items():
         sub = f"{path}.{k}" if path else str(k)
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v, identity, sub)
+            out[k] = deep_merge(out[k], v, rule, sub)
         else:
             out[k] = copy.deepcopy(v)
     return out
 
 
-def component_identity(roots: dict[str, Any], nested: Any = None, sources: dict[str, tuple[str, ...]] | None = None) -> Identity:
-    """The :data:`Identity` of a schema whose components sit at ``roots`` (key path patterns, ``*``
-    for a list index, mapped to their registry) and whose dicts with a ``name`` inside a component
-    are components of registry ``nested`` too (ensemble members, a prefilter critic). A component
-    is identified by its canonical name, the ``arch`` of ``arch.tag`` (a tag switches presets, not
-    the class, so the parent's arguments stay). ``sources``: path -> keys of which exactly one is
-    given (the prompt source); the key given (and its value, for a named source) identifies it."""
+class MergeRule:
+    """What a block *is*, for :func:`deep_merge`: components sit at ``roots`` (key path patterns,
+    ``*`` for a list index, mapped to their registry), and a dict with a ``name`` inside a component
+    is a component of registry ``nested`` (ensemble members, a prefilter critic). A component is
+    identified by its canonical name -- the ``arch`` of ``arch.tag``: a tag switches presets, not
+    the class, so the parent's arguments stay. ``sources``: path -> keys of which exactly one is
+    given (the prompt source); the key given (and a suite's name) identifies it, and a switch
+    drops only the old source's key (the other keys -- split, limit -- are not the source's)."""
 
-    def canonical(registry: Any, name: Any) -> Hashable:
+    def __init__(self, roots: dict[str, Any], nested: Any = None, sources: dict[str, tuple[str, ...]] | None = None):
+        self.roots, self.nested, self.sources = roots, nested, sources or {}
+
+    @staticmethod
+    def _pattern(path: str) -> str:
+        return re.sub(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.|$)", "*", path)
+
+    @staticmethod
+    def _canonical(registry: Any, name: Any) -> Hashable:
         if not isinstance(name, str):
             return repr(name)
         if ":" in name:  # an import path is its own identity
@@ -206,28 +211,33 @@ def component_identity(roots: dict[str, Any], nested: Any = None, sources: dict[
         except Exception:  # an unknown name: the validator reports it later with its did-you-mean
             return base
 
-    def identity(path: str, node: Any) -> Optional[Hashable]:
+    def identity(self, path: str, node: Any) -> Optional[Hashable]:
+        """The node's identity, or None when it does not say (it then merges into the base)."""
         if not isinstance(node, dict):
             return None
-        pattern = re.sub(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.|$)", "*", path)
-        if sources and pattern in sources:
-            given = [k for k in sources[pattern] if node.get(k) is not None]
+        pattern = self._pattern(path)
+        if pattern in self.sources:
+            given = [k for k in self.sources[pattern] if node.get(k) is not None]
             if len(given) != 1:
                 return None
-            value = node[given[0]]
-            return (given[0], value if isinstance(value, str) and given[0] == sources[pattern][0] else None)
+            return (given[0], node[given[0]] if isinstance(node[given[0]], str) and given[0] == self.sources[pattern][0] else None)
         if "name" not in node:
             return None
-        if pattern in roots:
-            return canonical(roots[pattern], node["name"])
-        if any(pattern.startswith(r + ".") for r in roots):
-            return canonical(nested, node["name"])
+        if pattern in self.roots:
+            return self._canonical(self.roots[pattern], node["name"])
+        if any(pattern.startswith(r + ".") for r in self.roots):
+            return self._canonical(self.nested, node["name"])
         return None
 
-    return identity
+    def kept(self, path: str, base: dict) -> dict:
+        """What survives of ``base`` when the block at ``path`` switches to another thing."""
+        pattern = self._pattern(path)
+        if pattern in self.sources:
+            return {k: v for k, v in base.items() if k not in self.sources[pattern]}
+        return {}
 
 
-def load_raw(path: Path, identity: Identity | None = None, _seen: tuple[Path, ...] = ()) -> dict:
+def load_raw(path: Path, rule: MergeRule | None = None, _seen: tuple[Path, ...] = ()) -> dict:
     """Read a recipe file and resolve its ``extends:`` chain (merged with :func:`deep_merge`)."""
     path = path.resolve()
     if path in _seen:
@@ -242,7 +252,7 @@ def load_raw(path: Path, identity: Identity | None = None, _seen: tuple[Path, ..
         parent_path = resolve_recipe_path(parent, relative_to=path.parent)
     except RecipeError as e:
         raise RecipeError(str(path), "extends", e.problem) from None
-    return deep_merge(load_raw(parent_path, identity, _seen + (path,)), data, identity)
+    return deep_merge(load_raw(parent_path, rule, _seen + (path,)), data, rule)
 
 
 _OVERRIDE = re.compile(r"^([A-Za-z_][\w\-]*(?:\.[\w\-]+)*)=(.*)$", re.S)
@@ -263,7 +273,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return keys, value
 
 
-def _set(node: Any, keys: list[str], value: Any, identity: Identity | None, path: str, full: str) -> Any:
+def _set(node: Any, keys: list[str], value: Any, rule: MergeRule | None, path: str, full: str) -> Any:
     """``node`` with ``value`` merged in at ``keys`` (by :func:`deep_merge`'s rule); returns the new node."""
     key, here = keys[0], f"{path}.{keys[0]}" if path else keys[0]
     if isinstance(node, list):
@@ -271,33 +281,33 @@ def _set(node: Any, keys: list[str], value: Any, identity: Identity | None, path
             where = full if len(keys) == 1 else here
             raise RecipeError("command line", where, f"list index {key!r} out of range (0..{len(node) - 1})")
         i = int(key)
-        node[i] = value if len(keys) == 1 else _set(node[i], keys[1:], value, identity, here, full)
+        node[i] = value if len(keys) == 1 else _set(node[i], keys[1:], value, rule, here, full)
         return node
     if not isinstance(node, dict):
         raise RecipeError("command line", path, f"cannot set a key inside a {type(node).__name__}")
     if len(keys) == 1:  # the same rule as a child recipe giving {key: value} at this path
-        return deep_merge(node, {key: value}, identity, path)
+        return deep_merge(node, {key: value}, rule, path)
     child = node.get(key)
     if child is None:
         child = {}
     if not isinstance(child, (dict, list)):
         raise RecipeError("command line", here, f"cannot set a key inside a {type(child).__name__}")
-    node[key] = _set(child, keys[1:], value, identity, here, full)
+    node[key] = _set(child, keys[1:], value, rule, here, full)
     return node
 
 
-def apply_overrides(data: dict, overrides: list[str], file: str | None = None, identity: Identity | None = None) -> dict:
+def apply_overrides(data: dict, overrides: list[str], file: str | None = None, rule: MergeRule | None = None) -> dict:
     """Apply ``a.b.c=value`` overrides (values parsed as YAML: ``10`` is an int), each merged by
     the rule a child recipe follows, so ``search.name=best_of_n`` switches the component."""
     data = copy.deepcopy(data)
     for item in overrides:
         keys, value = parse_override(item)
-        data = _set(data, keys, value, identity, "", ".".join(keys))
+        data = _set(data, keys, value, rule, "", ".".join(keys))
     return data
 
 
 def load_data(ref: str | Path | dict, overrides: list[str] | tuple[str, ...] | dict | None = (),
-              identity: Identity | None = None,
+              rule: MergeRule | None = None,
               before_overrides: Callable[[dict, Path], None] | None = None) -> tuple[dict, Optional[str]]:
     """The raw data of a config (file path, shipped name or dict): ``extends`` resolved, overrides
     applied (dotted strings, or a nested dict merged by the same rule). Returns (data, file).
@@ -310,16 +320,16 @@ def load_data(ref: str | Path | dict, overrides: list[str] | tuple[str, ...] | d
         if parent:
             if not isinstance(parent, str):
                 raise RecipeError(None, "extends", f"expected a recipe path or name, found {parent!r}")
-            data = deep_merge(load_raw(resolve_recipe_path(parent), identity), data, identity)
+            data = deep_merge(load_raw(resolve_recipe_path(parent), rule), data, rule)
     else:
         path = resolve_recipe_path(ref)
-        file, data = str(path), load_raw(path, identity)
+        file, data = str(path), load_raw(path, rule)
         if before_overrides is not None:
             before_overrides(data, path.resolve().parent)
     if isinstance(overrides, dict):
-        data = deep_merge(data, overrides, identity)
+        data = deep_merge(data, overrides, rule)
     elif overrides:
-        data = apply_overrides(data, list(overrides), file, identity)
+        data = apply_overrides(data, list(overrides), file, rule)
     return data, file
 
 
@@ -418,6 +428,6 @@ def validate_schema(schema: Any, data: dict, file: Optional[str], group_unknown:
         raise schema_errors(e.errors(), file, schema, group_unknown) from None
 
 
-__all__ = ["RecipeError", "RecipeErrors", "Identity", "component_identity", "deep_merge", "apply_overrides", "load_raw", "load_data",
+__all__ = ["RecipeError", "RecipeErrors", "MergeRule", "deep_merge", "apply_overrides", "load_raw", "load_data",
            "parse_yaml", "read_yaml_file", "resolve_recipe_path", "shipped_recipes", "describe", "schema_errors",
            "validate_schema", "did_you_mean", "raise_all"]

@@ -94,7 +94,7 @@ def build_component(registry: "Registry", name: str, args: Mapping[str, Any], *,
                     device: Optional[str] = None, dtype: Optional[str] = None) -> Any:
     """Build ``registry``'s component ``name`` with ``args``, injecting model/device/dtype (module docstring)."""
     cls = registry.get(name)
-    kwargs = dict(args)
+    kwargs = {**registry.tag_args(name), **args}  # an "arch.tag" name: the tag's presets under the given arguments
     if _named(cls, "model") and "model" not in kwargs:
         kwargs["model"] = model
     if device is not None and accepts(cls, "device") and "device" not in kwargs:
@@ -138,7 +138,7 @@ def build_critic(spec: Any, model: Any, device: Optional[str], cache: Any = None
 def critic_labels(specs: list) -> list[str]:
     """Names of critics in results and ensembles: ``as:`` when given, else the critic's name; critics
     sharing a name are told apart by their checkpoint folder's name (``trained`` critics) or ``#i``."""
-    from milr.recipe import RecipeError
+    from milr.config import RecipeError
 
     names = [s.name for s in specs]
     labels: list[str] = []
@@ -160,9 +160,11 @@ def build_ensemble(specs: list, combine: Optional[Mapping[str, Any]], model: Any
     members = {key: build_critic(spec, model, device, cache, dtype) for key, spec in zip(critic_labels(specs), specs)}
     if not always and len(members) == 1 and specs[0].weight == 1.0 and not combine:
         return next(iter(members.values())), members
-    from milr.critics.ensemble import Ensemble
+    from milr.registry import CRITICS
 
-    combined = Ensemble(members=list(members.values()), weights=[s.weight for s in specs], names=list(members),
+    # Through the registry, not an import: milr.critics.ensemble builds its own members with this module.
+    ensemble = CRITICS.get("ensemble")
+    combined = ensemble(members=list(members.values()), weights=[s.weight for s in specs], names=list(members),
                         **(combine or {}))
     return combined, members
 

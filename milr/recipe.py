@@ -43,15 +43,16 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model, field_validator,
+                      model_serializer, model_validator)
 
 from milr.config import (  # noqa: F401  (re-exported: the names other modules import from here)
     MAX_YAML_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES, RecipeError, RecipeErrors, apply_overrides, deep_merge,
     describe, did_you_mean, load_data, load_raw, parse_yaml, raise_all, read_yaml_file, resolve_recipe_path,
-    shipped_recipes, Identity,
+    shipped_recipes, MergeRule,
 )
 from milr.errors import UserError
-from milr.registry import CRITICS, MODELS, SEARCHES, SUITES, Registry, UnknownComponentError
+from milr.registry import CRITICS, MODELS, REGISTRIES, SEARCHES, SUITES, Registry, UnknownComponentError
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,6 +65,7 @@ MAX_SEED = 2**63 - 1
 MAX_THREADS = 4 * (os.cpu_count() or 1)
 MAX_COUNT = 10**9  # prompts, tokens, critic calls
 MAX_BATCH_PROMPTS = 4096  # run.batch_prompts: one thread per prompt in the batch
+MAX_WORKERS = 1024  # run.workers: Ray actors, one per device
 
 
 class _Strict(BaseModel):
@@ -75,10 +77,21 @@ class ComponentSpec(BaseModel):
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     name: str
+    # The signature's defaults (and an ``arch.tag`` name's presets) of the arguments not given,
+    # filled in by validate_component_args: dumped (milr show, manifest.json) so a saved recipe
+    # replays the same run after a default changes in code; never passed to the constructor.
+    _defaults: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @property
     def args(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+    @model_serializer(mode="wrap")
+    def _dump_with_defaults(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        for k, v in self._defaults.items():
+            data.setdefault(k, v)
+        return data
 
 
 class CriticSpec(ComponentSpec):
@@ -133,6 +146,24 @@ class RunSpec(_Strict):
     # Prompts searched together: their model and critic calls are merged into one batch each (records do not
     # depend on it; see milr/runner.py).
     batch_prompts: int = Field(default=1, ge=1, le=MAX_BATCH_PROMPTS)
+    # Where prompts run (milr/executors): this process, or `workers` Ray actors, each holding the model and critics
+    # on its own share of a node (gpus_per_worker 1: one GPU each; fractions share a GPU).
+    executor: Literal["local", "ray"] = "local"
+    workers: int = Field(default=1, ge=1, le=MAX_WORKERS)
+    gpus_per_worker: float = Field(default=0.0, ge=0, le=64)
+    cpus_per_worker: float = Field(default=1.0, gt=0, le=1024)
+
+    @model_validator(mode="after")
+    def _placement(self) -> "RunSpec":
+        if self.executor == "local" and (self.workers > 1 or self.gpus_per_worker > 0):
+            raise ValueError("workers and gpus_per_worker need executor: ray (the local executor is one process)")
+        if self.executor == "ray" and self.device.startswith("cuda:"):
+            raise ValueError(f"device {self.device!r} with executor: ray; give device: cuda (each worker sees only "
+                             "the GPUs Ray gave it) and gpus_per_worker")
+        if self.executor == "ray" and self.device == "cuda" and self.gpus_per_worker == 0:
+            raise ValueError("device: cuda with executor: ray needs gpus_per_worker > 0 (Ray hides GPUs from a "
+                             "worker that asked for none)")
+        return self
 
     @field_validator("output_dir", "cache_dir")
     @classmethod
@@ -180,25 +211,43 @@ class Recipe(_Strict):
     source: Optional[str] = Field(default=None, exclude=True)
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_none=True, exclude={"source"})
+        """The recipe as plain data: unset optional keys left out, components' arguments all kept
+        (a ``None`` default included, so a manifest replays the arguments the run used)."""
+        return _drop_unset(self, self.model_dump(mode="json", exclude={"source"}))
+
+
+def _drop_unset(model: BaseModel, data: dict) -> dict:
+    """``data`` (``model``'s dump) without the declared fields that are None; extras untouched."""
+    for name, field in type(model).model_fields.items():
+        key = field.alias if field.alias and field.alias in data else name
+        if key not in data:
+            continue
+        value = getattr(model, name)
+        if value is None:
+            del data[key]
+        elif isinstance(value, BaseModel):
+            _drop_unset(value, data[key])
+        elif isinstance(value, list):
+            for v, d in zip(value, data[key]):
+                if isinstance(v, BaseModel):
+                    _drop_unset(v, d)
+    return data
 
 
 # ---------------------------------------------------------------------------------------------
 # Loading: files, extends, overrides
 # ---------------------------------------------------------------------------------------------
-def recipe_identity() -> "Identity":
+def recipe_rule() -> MergeRule:
     """What a recipe block *is*, for the merge rule of ``extends`` and overrides
     (:func:`milr.config.deep_merge`): components by name, the prompt source by kind and suite."""
-    from milr.config import component_identity
-
-    return component_identity(
+    return MergeRule(
         {"model": MODELS, "search": SEARCHES, "critics.*": CRITICS, "evaluate.*": CRITICS, "guard.critic": CRITICS},
         nested=CRITICS, sources={"prompts": ("suite", "file", "inline")})
 
 
 def load_recipe(ref: str | Path | dict, overrides: list[str] | tuple[str, ...] = (), check_components: bool = True) -> Recipe:
     """Load, merge, override and validate a recipe. Raises :class:`RecipeError` on any problem."""
-    data, file = load_data(ref, overrides, recipe_identity())
+    data, file = load_data(ref, overrides, recipe_rule())
     recipe = validate(data, file)
     recipe.source = file
     if check_components:
@@ -284,7 +333,7 @@ def validate_component_args(registry: Registry, spec: ComponentSpec, path: str, 
         fields, var_kw = component_signature(cls)
     except (TypeError, ValueError) as e:  # no inspectable signature (a builtin, say)
         return [RecipeError(file, f"{path}.name", f"{registry.kind} {spec.name!r} has no usable signature: {e}")]
-    args = {k: v for k, v in spec.args.items() if k not in reserved}
+    args = {**registry.tag_args(spec.name), **{k: v for k, v in spec.args.items() if k not in reserved}}
     bad = _non_finite(args)
     if bad:  # also where the signature says Any: a NaN or infinity is never a setting
         return [RecipeError(file, f"{path}.{bad[0]}", f"found {bad[1]!r}; expected a finite number (not NaN or infinity)")]
@@ -309,12 +358,63 @@ def validate_component_args(registry: Registry, spec: ComponentSpec, path: str, 
             out.append(RecipeError(file, f"{path}.{loc}", problem))
         return out
     # Pass on the values as validated ("1e-3" read by YAML as a string becomes the float 0.001),
-    # so the component receives exactly what was checked.
+    # so the component receives exactly what was checked; and write down every default, so the
+    # manifest replays the same run after a default changes in code.
     extra = spec.__pydantic_extra__ if spec.__pydantic_extra__ is not None else {}
-    for k in args:
-        if k in fields:
-            extra[k] = getattr(validated, k)
-    return []
+    full = {k: getattr(validated, k) if k in args else _plain(d) for k, (_, d) in fields.items()
+            if k in args or (d is not ... and k not in _RUN_OWNED and _plain(d) is not _NOT_PLAIN)}
+    full.update({k: v for k, v in args.items() if k not in fields})  # **kwargs extras
+    try:
+        Model.model_validate(full)
+    except ValidationError as e:  # a default its own annotation refuses (None for an int) stays implicit
+        for err in e.errors():
+            if err["loc"] and err["loc"][0] not in args:
+                full.pop(err["loc"][0], None)
+    for k in extra:
+        if k in full:
+            extra[k] = full[k]
+    spec._defaults = {k: v for k, v in full.items() if k not in extra}  # written by to_dict, not passed
+    # Specs nested in the arguments (an ensemble's members): checked the same way, now.
+    errors: list[RecipeError] = []
+    for arg, kind in (getattr(cls, "component_args", None) or {}).items():
+        value = full.get(arg)
+        for i, member in (enumerate(value) if isinstance(value, list) else ()):
+            if isinstance(member, dict):
+                errors += check_spec(REGISTRIES[kind], member, f"{path}.{arg}.{i}", file, reserved=("id", "normalize"))
+    return errors
+
+
+def check_spec(registry: Registry, data: Any, path: str, file: str | None, reserved: tuple[str, ...] = ()) -> list[RecipeError]:
+    """A nested component spec (``{name: ..., **arguments}``: an ensemble member, a distillation
+    teacher) checked against its signature as a recipe's components are; returns the problems."""
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+        return [RecipeError(file, path, f"expected a component {{name: ..., arguments}}, found {data!r}")]
+    try:
+        spec = CriticSpec.model_validate(data)
+    except ValidationError as e:
+        return [RecipeError(file, f"{path}.{loc}" if loc else path, problem)
+                for loc, problem in (describe(err) for err in e.errors())]
+    return validate_component_args(registry, spec, path, file, reserved)
+
+
+# Defaults never written into a recipe: the run supplies them (milr.factory injects device and dtype).
+_RUN_OWNED = {"device", "dtype"}
+_NOT_PLAIN = object()
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain YAML/JSON data (tuples as lists), or ``_NOT_PLAIN`` for anything else."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else _NOT_PLAIN
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        return _NOT_PLAIN if any(v is _NOT_PLAIN for v in items) else items
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        items = {k: _plain(v) for k, v in value.items()}
+        return _NOT_PLAIN if any(v is _NOT_PLAIN for v in items.values()) else items
+    return _NOT_PLAIN
 
 
 def check_recipe_components(recipe: Recipe) -> None:
@@ -422,6 +522,12 @@ def preflight(recipe: Recipe) -> list:
             hook(dict(spec.args))
         except (ValueError, OSError, ImportError, KeyError) as e:
             errors.append(RecipeError(file, path, f"{registry.kind} {spec.name!r}: {_message(e)}"))
+    if recipe.run.executor == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            errors.append(RecipeError(file, "run.executor", "ray is not installed; pip install 'milr[ray]' "
+                                      "(or run without it: executor: local, or milr run --shard K/N)"))
     if errors:
         raise errors[0] if len(errors) == 1 else RecipeErrors(errors)
     return tasks

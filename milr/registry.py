@@ -78,6 +78,18 @@ class UnknownComponentError(KeyError):
         return self.message
 
 
+class UnknownTagError(UnknownComponentError):
+    """``arch.tag`` with a tag the component does not declare."""
+
+    @property
+    def message(self) -> str:
+        base, _, tag = self.name.partition(".")
+        msg = f"unknown tag {tag!r} of {self.kind} {base!r}"
+        if self.suggestions:
+            msg += f"; did you mean {' or '.join(repr(f'{base}.{s}') for s in self.suggestions)}?"
+        return msg + (f" (tags: {', '.join(self.known)})" if self.known else f" ({self.kind} {base!r} has no tags)")
+
+
 @dataclass
 class _Entry:
     name: str
@@ -85,6 +97,7 @@ class _Entry:
     obj: Any = None  # the class or factory, once imported
     card: Any = None
     source: str = "builtin"  # "builtin" | "entry-point" | "import-path"
+    tags: dict[str, dict[str, Any]] | None = None  # timm's "arch.tag": tag -> argument defaults
 
 
 class Registry:
@@ -100,11 +113,16 @@ class Registry:
         self._plugins_loaded = False
 
     # -- declaration -------------------------------------------------------------------------
-    def register_lazy(self, name: str, target: str, card: Any = None, aliases: Iterable[str] = ()) -> None:
-        """Declare ``name`` implemented at ``"module:Attr"``; the module is imported on first use."""
+    def register_lazy(self, name: str, target: str, card: Any = None, aliases: Iterable[str] = (),
+                      tags: dict[str, dict[str, Any]] | None = None) -> None:
+        """Declare ``name`` implemented at ``"module:Attr"``; the module is imported on first use.
+
+        ``tags``: presets in timm's ``arch.tag`` form, each the argument defaults ``name.tag``
+        stands for (``reinforce.faithful`` = ``reinforce`` with ``preset: faithful``); arguments a
+        recipe gives win over them."""
         if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} is already registered")
-        self._entries[name] = _Entry(name=name, target=target, card=card)
+        self._entries[name] = _Entry(name=name, target=target, card=card, tags=dict(tags or {}))
         for alias in aliases:
             self._aliases[alias] = name
 
@@ -124,7 +142,9 @@ class Registry:
             # The class learns its registered name and card so instances can report them.
             try:
                 obj.registry_name = key
-                if entry.card is not None and getattr(obj, "card", None) is None:
+                # Its own card, not one inherited from a registered parent class (geneval is a
+                # detector subclass, t2i_clipscore a clip_score one: they reported the parent's card).
+                if entry.card is not None and vars(obj).get("card") is None:
                     obj.card = entry.card
             except (AttributeError, TypeError):
                 pass
@@ -150,6 +170,8 @@ class Registry:
 
     def __contains__(self, name: str) -> bool:
         self._load_plugins()
+        if not isinstance(name, str):  # None (no name found), a number from YAML: never registered
+            return False
         return name in self._entries or name in self._aliases or _is_import_path(name)
 
     def resolve_name(self, name: str) -> str:
@@ -160,11 +182,36 @@ class Registry:
         if name in self._aliases:
             return self._aliases[name]
         known = self.names()
-        base = name.split(".")[0]
-        if base in self._entries:  # timm-style "arch.tag" variants resolve to their arch
+        base, dot, tag = name.partition(".")
+        base = self._aliases.get(base, base)
+        if dot and base in self._entries:  # timm-style "arch.tag": a declared preset of arch
+            tags = self.tags(base)
+            if tag not in tags:
+                raise UnknownTagError(self.kind, f"{base}.{tag}", difflib.get_close_matches(tag, list(tags), n=2, cutoff=0.5),
+                                      sorted(tags))
             return base
         suggestions = difflib.get_close_matches(name, known + list(self._aliases), n=3, cutoff=0.5)
         raise UnknownComponentError(self.kind, name, suggestions, known)
+
+    def tags(self, name: str) -> dict[str, dict[str, Any]]:
+        """The presets ``name`` declares (tag -> argument defaults); a plugin's come from its
+        class attribute ``tags`` when its entry has none."""
+        self._load_plugins()
+        key = self._aliases.get(name, name)
+        entry = self._entries.get(key)
+        if entry is None:
+            return {}
+        if entry.tags is None or (not entry.tags and entry.source == "entry-point"):
+            declared = getattr(self.get(key), "tags", None)
+            entry.tags = {k: dict(v) for k, v in declared.items()} if isinstance(declared, dict) else {}
+        return entry.tags
+
+    def tag_args(self, name: str) -> dict[str, Any]:
+        """The argument defaults of ``name``'s tag (``{}`` without a tag); raises UnknownTagError."""
+        if _is_import_path(name) or "." not in name or name in self._entries:
+            return {}
+        base = self.resolve_name(name)
+        return dict(self.tags(base).get(name.partition(".")[2], {}))
 
     def get(self, name: str) -> Any:
         """The component class or factory registered under ``name``; imports it if needed."""
@@ -216,7 +263,8 @@ class Registry:
         return getattr(self.get(key), "card", None)
 
     def build(self, name: str, **kwargs: Any) -> Any:
-        return self.get(name)(**kwargs)
+        """The component built with its tag's defaults (if any) under ``kwargs``."""
+        return self.get(name)(**{**self.tag_args(name), **kwargs})
 
 
 def _is_import_path(name: str) -> bool:

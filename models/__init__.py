@@ -16,7 +16,7 @@ MODELS.register_lazy(
         image_size=32,
         hidden_size=128,
         latents=("text", "image"),
-        default_cfg=2.0,
+        default_cfg=1.5,
         default_temperature=1.0,
         weights="shipped in the package (safetensors, models/minimug/weights; card: MODEL_CARD.md)",
         reference="this project; structure after Janus-Pro (arXiv 2501.17811)",
@@ -37,6 +37,7 @@ MODELS.register_lazy(
         "or a local folder; offline, an uncached hub name fails at once",
         reference="Chen et al. 2025, Janus-Pro (arXiv 2501.17811); MILR's reasoning template (arXiv 2509.22761)",
         extra={"args": "checkpoint, device, dtype (bf16 on GPU), attn_implementation, max_text_tokens=512, "
-               "cfg=5, temperature=1, top_k=None"},
+               "cfg=5, temperature=1, top_k=None, kv_cache=static, compile=False, decode_chunk=16, plan_cache=64"},
     ),
+    tags={"1b": {"checkpoint": "deepseek-community/Janus-Pro-1B"}, "7b": {"checkpoint": "deepseek-community/Janus-Pro-7B"}},
 )

@@ -16,6 +16,7 @@ SEARCHES.register_lazy(
         reference="Mi et al. 2025, MILR (arXiv 2509.22761)",
     ),
     aliases=("milr",),
+    tags={"default": {"preset": "default"}, "faithful": {"preset": "faithful"}},
 )
 SEARCHES.register_lazy(
     "best_of_n",

@@ -305,7 +305,8 @@ def test_calibrate_then_zscore_from_its_stats(tmp_path):
     mean = sum(recorded) / len(recorded)
     assert stats["doubles:BrightnessCritic"].mean == pytest.approx(mean)
     manifest = RunRecord(run_dir).manifest()["recipe"]
-    assert manifest["search"] == {"name": "generate"} and "combine" not in manifest  # one image per prompt
+    # one image per prompt (the manifest writes down the search's defaults too: issue 14)
+    assert manifest["search"] == {"name": "generate", "reasoning": True, "cfg": None, "temperature": None} and "combine" not in manifest
     assert json.loads((tmp_path / "stats.json").read_text())["critics"]["doubles:BrightnessCritic"]["n"] == 2
 
     # The ensemble-wide reference may be that run folder for a member it did not record: the member

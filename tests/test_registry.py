@@ -49,8 +49,12 @@ def test_import_path_names_and_arch_tag():
     cls = CRITICS.get("doubles:BrightnessCritic")
     assert cls.__name__ == "BrightnessCritic"
     reg = Registry("model", "milr.test-models")
-    reg.register_lazy("arch", "doubles:BrightnessCritic")
+    reg.register_lazy("arch", "doubles:BrightnessCritic", tags={"some_tag": {"threshold": 0.3}})
     assert reg.resolve_name("arch.some_tag") == "arch"  # timm-style weight variants
+    assert reg.tag_args("arch.some_tag") == {"threshold": 0.3} and reg.tag_args("arch") == {}
+    # a tag is a real preset: one not declared is an error with did-you-mean (issue 14: it was dropped)
+    with pytest.raises(UnknownComponentError, match=r"unknown tag 'some_tg' of model 'arch'; did you mean 'arch.some_tag'\?"):
+        reg.resolve_name("arch.some_tg")
 
 
 def test_builtin_indexes_declare_the_components():

@@ -43,7 +43,9 @@ def test_run_writes_records(tmp_path):
     run_dir = run_recipe(recipe(tmp_path, prompts=PROMPTS[:3]), progress=False)
     rec = RunRecord(run_dir)
     manifest = rec.manifest()
-    assert manifest["recipe"]["search"] == {"name": "best_of_n", "n": 2}
+    # the given arguments, and every default written down (issue 14: a manifest replays the same run)
+    assert {"name": "best_of_n", "n": 2}.items() <= manifest["recipe"]["search"].items()
+    assert manifest["recipe"]["search"]["batch_size"] == 8
     assert manifest["seed"] == 3 and "torch" in manifest["versions"] and manifest["device"] == "cpu"
     results = rec.results()
     assert [r["prompt"] for r in results] == PROMPTS[:3]
@@ -86,7 +88,12 @@ def test_repair_drops_partial_line(tmp_path):
 
 
 def test_kill_and_resume_gives_one_line_per_prompt(tmp_path):
-    path = recipe(tmp_path, delay=0.25)
+    kill_and_resume(tmp_path)
+
+
+def kill_and_resume(tmp_path, **run):
+    """Kill a run after two lines, resume it: one valid line per prompt (also used by test_batching)."""
+    path = recipe(tmp_path, delay=0.25, **run)
     cmd = [sys.executable, "-m", "milr.cli", "run", str(path)]
     proc = subprocess.Popen(cmd, env=env_with_tests(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     runs = tmp_path / "runs"

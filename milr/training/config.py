@@ -18,7 +18,7 @@ from typing import Any, Literal, Optional, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from milr.config import component_identity, did_you_mean
+from milr.config import MergeRule, did_you_mean
 from milr.recipe import MAX_SEED, MAX_THREADS, RecipeError, RecipeErrors
 from milr.registry import CRITICS, MODELS
 
@@ -145,7 +145,7 @@ class TrainCriticConfig(_Strict):
 
 # The merge rule of extends and overrides: a teacher (or teacher model) given another name replaces
 # the parent's, arguments and all (milr.config.deep_merge).
-TRAIN_IDENTITY = component_identity({"distill.teacher": CRITICS, "distill.teacher_model": MODELS}, nested=CRITICS)
+TRAIN_RULE = MergeRule({"distill.teacher": CRITICS, "distill.teacher_model": MODELS}, nested=CRITICS)
 
 
 def _resolve_file_paths(data: dict, base_dir: Path) -> None:
@@ -211,6 +211,8 @@ def _check(cfg: dict, file: Optional[str]) -> None:
                            "open_clip and finetune: true (a frozen CLIP with no head has nothing to train)")
     if task == "contrastive" and not (m["clip_model"] or m["open_clip_config"]):
         fail("model.clip_model", "task contrastive needs model.clip_model (arch/JSON/folder) or model.open_clip_config (a dict)")
+    if task == "distill":  # the teacher (members, combine) and its model against their signatures, now
+        _check_teacher(cfg["distill"], file)
     g = d["generate"]
     if g:
         want = {"pairwise": "pairwise", "pointwise": "pointwise", "contrastive": "captions"}.get(task)
@@ -218,6 +220,28 @@ def _check(cfg: dict, file: Optional[str]) -> None:
             fail("data.generate.format", f"{g['format']!r} does not fit task {task!r} (expected {want!r})")
         if g["kind_weights"] and (g["format"] or want) != "pairwise":
             fail("data.generate.kind_weights", "applies to pairwise data only")
+
+
+def _check_teacher(distill: dict, file: Optional[str]) -> None:
+    from milr.recipe import check_spec, raise_all
+
+    teacher, errors = distill["teacher"], []
+    if isinstance(teacher, dict) and "critics" in teacher:
+        from milr.critics.ensemble_config import validate_combine
+
+        members = teacher["critics"] if isinstance(teacher["critics"], list) else []
+        for i, c in enumerate(members):
+            errors += check_spec(CRITICS, c, f"distill.teacher.critics.{i}", file)
+        names = [c.get("name") if isinstance(c, dict) else str(c) for c in members]
+        names = [n if names.index(n) == i else f"{n}#{i}" for i, n in enumerate(names)]
+        errors += [RecipeError(file, path, problem) for path, problem in validate_combine(
+            teacher.get("combine"), names, None, [float(c.get("weight", 1.0)) for c in members if isinstance(c, dict)],
+            prefix="distill.teacher.combine")]
+    else:
+        errors += check_spec(CRITICS, teacher, "distill.teacher", file)
+    if distill["teacher_model"]:
+        errors += check_spec(MODELS, distill["teacher_model"], "distill.teacher_model", file)
+    raise_all(errors)
 
 
 def load_train_recipe(recipe: Union[str, Path, dict], overrides: Union[Sequence[str], dict, None] = None) -> dict:
@@ -229,7 +253,7 @@ def load_train_recipe(recipe: Union[str, Path, dict], overrides: Union[Sequence[
     from milr.config import load_data
 
     # Relative paths in the file are the file's; the command line's stay the working directory's.
-    data, file = load_data(recipe, overrides, TRAIN_IDENTITY, before_overrides=_resolve_file_paths)
+    data, file = load_data(recipe, overrides, TRAIN_RULE, before_overrides=_resolve_file_paths)
     try:
         cfg = TrainCriticConfig.model_validate(data).model_dump()
     except ValidationError as e:

@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import torch
 
@@ -89,6 +89,58 @@ def p_yes_from_response(response: Mapping[str, Any], normalize: bool = True) -> 
     if answer == "no":
         return 0.0, "text"
     raise APIJudgeError(f"could not read a yes/no answer from {text[:200]!r}")
+
+
+class SpendFile:
+    """One judge configuration's spend in a run, checked against its caps before each request.
+
+    With a run folder, kept in ``RUN_DIR/api_judge-spend-<key>.json``, written before the request it
+    counts is sent, so a resumed run continues the caps instead of restarting them. A Ray run keeps
+    one per key in a single ledger actor (:mod:`milr.executors.ray_executor`), so workers share caps.
+    """
+
+    def __init__(self, run_dir: Any = None, key: str = ""):
+        self.path = os.path.join(str(run_dir), f"api_judge-spend-{key}.json") if run_dir is not None else None
+        self.calls, self.spent_usd = 0, 0.0
+        if self.path is None:
+            return
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                saved = json.load(f)
+            self.calls, self.spent_usd = int(saved.get("calls", 0)), float(saved.get("spent_usd", 0.0))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            raise APIJudgeError(f"api_judge: cannot read its spend record {self.path}: {e}") from None
+
+    def reserve(self, max_calls: int | None, max_cost_usd: float | None, price_call: float) -> tuple:
+        """Count one request: ``(calls, spent_usd, None)``, or ``(calls, spent_usd, message)`` at a cap (not counted)."""
+        if max_calls is not None and self.calls + 1 > max_calls:
+            return self.calls, self.spent_usd, (
+                f"api_judge cost cap: max_calls={max_calls} reached ({self.calls} requests sent, "
+                f"${self.spent_usd:.4f} spent); raise max_calls in the recipe to continue")
+        if max_cost_usd is not None and self.spent_usd + price_call > max_cost_usd:
+            return self.calls, self.spent_usd, (
+                f"api_judge cost cap: max_cost_usd={max_cost_usd} would be exceeded "
+                f"(${self.spent_usd:.4f} spent over {self.calls} requests); raise max_cost_usd in the recipe to continue")
+        self.calls += 1
+        self._save(max_calls, max_cost_usd)
+        return self.calls, self.spent_usd, None
+
+    def charge(self, usd: float, max_calls: int | None, max_cost_usd: float | None) -> tuple:
+        """Add a response's cost: ``(calls, spent_usd, None)``."""
+        self.spent_usd += usd
+        self._save(max_calls, max_cost_usd)
+        return self.calls, self.spent_usd, None
+
+    def _save(self, max_calls: int | None, max_cost_usd: float | None) -> None:
+        if self.path is None:
+            return
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"calls": self.calls, "spent_usd": self.spent_usd, "max_calls": max_calls,
+                       "max_cost_usd": max_cost_usd}, f)
+        os.replace(tmp, self.path)
 
 
 @CRITICS.register("api_judge")
@@ -181,7 +233,8 @@ class APIJudge(YesNoJudge):
         self.output_tokens = 0
         self.answers_from_text = 0
         self._lock = threading.Lock()
-        self._spend_file: str | None = None  # set by bind_run_folder: the caps hold across resumes
+        # Where the caps are counted: in memory; the run folder (bind_run_folder); a run's shared ledger (share_spend).
+        self._spend: Any = SpendFile()
         self._config = dict(
             url=self.url, model_name=model_name, questions=questions, combine=combine, normalize=normalize,
             system_prompt=system_prompt, logprobs=logprobs, image_detail=image_detail,
@@ -211,30 +264,22 @@ class APIJudge(YesNoJudge):
                 body["top_logprobs"] = self.top_logprobs
         return body
 
+    def spend_key(self) -> str:
+        """Names this configuration's spend record (judges asking the same endpoint the same way share one)."""
+        return hashlib.sha256(json.dumps(self._config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
     def bind_run_folder(self, run_dir: Any) -> None:
         """Keep this critic's spend in ``run_dir``, so a resumed run continues the caps, not restarts them."""
-        key = hashlib.sha256(json.dumps(self._config, sort_keys=True, default=str).encode()).hexdigest()[:12]
-        self._spend_file = os.path.join(str(run_dir), f"api_judge-spend-{key}.json")
-        try:
-            with open(self._spend_file, encoding="utf-8") as f:
-                saved = json.load(f)
-            with self._lock:
-                self.calls = max(self.calls, int(saved.get("calls", 0)))
-                self.spent_usd = max(self.spent_usd, float(saved.get("spent_usd", 0.0)))
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError, TypeError, AttributeError) as e:
-            raise APIJudgeError(f"api_judge: cannot read its spend record {self._spend_file}: {e}") from None
+        spend = SpendFile(run_dir, self.spend_key())
+        with self._lock:
+            spend.calls, spend.spent_usd = max(self.calls, spend.calls), max(self.spent_usd, spend.spent_usd)
+            self.calls, self.spent_usd, self._spend = spend.calls, spend.spent_usd, spend
 
-    def _save_spend(self) -> None:
-        """Persist the spend (called under the lock); written before the request it counts is sent."""
-        if self._spend_file is None:
-            return
-        tmp = f"{self._spend_file}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"calls": self.calls, "spent_usd": self.spent_usd, "max_calls": self.max_calls,
-                       "max_cost_usd": self.max_cost_usd}, f)
-        os.replace(tmp, self._spend_file)
+    def share_spend(self, open_spend: Callable[[str], Any]) -> None:
+        """Count spend in ``open_spend(spend_key)`` (``reserve``/``charge`` as :class:`SpendFile`'s): one ledger
+        for every worker of a run, so ``max_calls``/``max_cost_usd`` hold for the run, not for each worker."""
+        with self._lock:
+            self._spend = open_spend(self.spend_key())
 
     def _redact(self, text: str) -> str:
         """Remove the API key from text that may echo request headers (a server's error body, say)."""
@@ -245,18 +290,9 @@ class APIJudge(YesNoJudge):
     def _reserve_call(self) -> None:
         """Count a request against the caps before sending it."""
         with self._lock:
-            if self.max_calls is not None and self.calls + 1 > self.max_calls:
-                raise APIBudgetExceeded(
-                    f"api_judge cost cap: max_calls={self.max_calls} reached ({self.calls} requests sent, "
-                    f"${self.spent_usd:.4f} spent); raise max_calls in the recipe to continue"
-                )
-            if self.max_cost_usd is not None and self.spent_usd + self.prices[0] > self.max_cost_usd:
-                raise APIBudgetExceeded(
-                    f"api_judge cost cap: max_cost_usd={self.max_cost_usd} would be exceeded "
-                    f"(${self.spent_usd:.4f} spent over {self.calls} requests); raise max_cost_usd in the recipe to continue"
-                )
-            self.calls += 1
-            self._save_spend()
+            self.calls, self.spent_usd, capped = self._spend.reserve(self.max_calls, self.max_cost_usd, self.prices[0])
+        if capped:
+            raise APIBudgetExceeded(capped)
 
     def _charge(self, response: Mapping[str, Any]) -> None:
         usage = response.get("usage") or {}
@@ -264,8 +300,8 @@ class APIJudge(YesNoJudge):
         with self._lock:
             self.input_tokens += tin
             self.output_tokens += tout
-            self.spent_usd += self.prices[0] + tin * self.prices[1] + tout * self.prices[2]
-            self._save_spend()
+            usd = self.prices[0] + tin * self.prices[1] + tout * self.prices[2]
+            self.calls, self.spent_usd, _ = self._spend.charge(usd, self.max_calls, self.max_cost_usd)
 
     def _post(self, body: dict) -> dict:
         """One chat-completions call with bounded retries; returns the parsed JSON response."""

@@ -50,11 +50,8 @@ def _score(critic: Critic, images, task: Task, ledger: Optional[BudgetLedger] = 
     return r.detach().float().cpu()
 
 
-def bind_run_folder(critics: list, run_dir: Path) -> None:
-    """Give every critic that keeps state across resumes (api_judge's spend) the run folder.
-
-    Walks through wrappers (the score cache's ``critic``) and ensembles' ``members``.
-    """
+def each_critic(critics: list) -> Iterator[Critic]:
+    """Every critic given and every one inside them: wrappers' ``critic`` (the score cache), ensembles' ``members``."""
     seen: set[int] = set()
     todo = list(critics)
     while todo:
@@ -62,9 +59,15 @@ def bind_run_folder(critics: list, run_dir: Path) -> None:
         if c is None or id(c) in seen:
             continue
         seen.add(id(c))
+        yield c
+        todo += [getattr(c, "critic", None), *(getattr(c, "members", None) or [])]
+
+
+def bind_run_folder(critics: list, run_dir: Path) -> None:
+    """Give every critic that keeps state across resumes (api_judge's spend) the run folder."""
+    for c in each_critic(critics):
         if callable(getattr(type(c), "bind_run_folder", None)):
             c.bind_run_folder(run_dir)
-        todo += [getattr(c, "critic", None), *(getattr(c, "members", None) or [])]
 
 
 def _culprit(critic: Critic, images, task: Task) -> str:

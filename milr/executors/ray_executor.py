@@ -1,0 +1,229 @@
+"""``run.executor: ray``: one Ray actor per device, prompts handed out as workers free up.
+
+MILR's cost per prompt varies from one generation (passes at once) to twenty-one (all steps), so
+static shards leave devices idle; here the driver (the ``milr run`` process) keeps a queue of
+prompts and gives the next ``run.batch_prompts`` of them to whichever worker finishes first.
+
+- **One actor per device** (``run.workers`` actors with ``run.gpus_per_worker`` GPUs and
+  ``run.cpus_per_worker`` CPUs each): it loads the model and critics once, then solves the prompts
+  it is sent with the runner's own per-prompt code (:func:`milr.runner.solve`), so a record does
+  not depend on the executor.
+- **The driver is the only writer** of the run folder: workers return each result line with its
+  images (``uint8`` tensors, exactly what the PNG stores) and the driver writes them with
+  :func:`milr.runner.write_result` under the folder's lock. A killed driver leaves the folder as a
+  killed local run does, and ``milr run --resume RUN_DIR`` continues it.
+- **A lost worker** (process killed, out of memory, node gone) is replaced by a new actor and its
+  unfinished prompts go back to the front of the queue; a prompt lost ``MAX_ATTEMPTS`` times stops
+  the run with an error naming it. An exception raised by milr or a component (a critic's NaN, a
+  cost cap) is not retried: it would fail again, so it stops the run as it would locally.
+- **Caps stay global.** Budgets are per prompt and travel with it. ``api_judge``'s cost caps are
+  per run: every worker's judge reserves and charges through one :class:`SpendLedger` actor on the
+  driver's node, which keeps the run folder's spend files, so N workers never spend N caps.
+
+Reference: Ray actors and fault tolerance (docs.ray.io, "Actors", "Actor fault tolerance").
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from typing import Any, Callable
+
+from milr.errors import UserError
+
+# Attempts per prompt on workers that died under it (a crash, an OOM kill) before the run stops.
+MAX_ATTEMPTS = 3
+
+
+class RayClusterError(UserError):
+    """The Ray cluster cannot host the workers the recipe asks for."""
+
+    kind = "ray"
+
+
+def connect(run: Any) -> dict:
+    """Start (or join, with ``RAY_ADDRESS``) a Ray cluster and check it can host ``run.workers``.
+
+    Called before the run folder exists, so a cluster too small is a one-line error and no folder.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        # log_to_driver off: workers' warnings would interleave with the driver's one line per prompt.
+        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    have = ray.cluster_resources()
+    need = {"GPU": run.workers * run.gpus_per_worker, "CPU": run.workers * run.cpus_per_worker}
+    for kind, n in need.items():
+        if n > have.get(kind, 0) + 1e-9:
+            key = "gpus_per_worker" if kind == "GPU" else "cpus_per_worker"
+            raise RayClusterError(f"run.workers={run.workers} x run.{key}={getattr(run, key)} needs {n:g} {kind}s; "
+                                  f"the Ray cluster has {have.get(kind, 0):g}")
+    return have
+
+
+class SpendLedger:
+    """api_judge's spend for the whole run, shared by every worker (a Ray actor on the driver's node).
+
+    One :class:`milr.critics.api_judge.SpendFile` per spend key, in the run folder (the files a local
+    run keeps), so a resumed run, local or Ray, continues the caps.
+    """
+
+    def __init__(self, run_dir: str):
+        self.run_dir = run_dir
+        self.files: dict[str, Any] = {}
+
+    def _file(self, key: str) -> Any:
+        if key not in self.files:
+            from milr.critics.api_judge import SpendFile  # only runs with a judge pay for the import
+
+            self.files[key] = SpendFile(self.run_dir, key)
+        return self.files[key]
+
+    def reserve(self, key: str, *args: Any) -> tuple:
+        return self._file(key).reserve(*args)
+
+    def charge(self, key: str, *args: Any) -> tuple:
+        return self._file(key).charge(*args)
+
+
+class _LedgerProxy:
+    """One spend key's view of the run's ledger, for a worker's judge; synchronous, as the cap must hold
+    before a request is sent."""
+
+    def __init__(self, handle: Any, key: str):
+        self.handle, self.key = handle, key
+
+    def reserve(self, *args: Any) -> tuple:
+        import ray
+
+        return ray.get(self.handle.reserve.remote(self.key, *args))
+
+    def charge(self, *args: Any) -> tuple:
+        import ray
+
+        return ray.get(self.handle.charge.remote(self.key, *args))
+
+
+def share_spend(critics: list, ledger: Any) -> None:
+    """Point every critic that spends money (``share_spend``) at the run's ledger, through wrappers and ensembles."""
+    from milr.runner import each_critic
+
+    for c in each_critic(critics):
+        if callable(getattr(type(c), "share_spend", None)):
+            c.share_spend(lambda key: _LedgerProxy(ledger, key))
+
+
+class Worker:
+    """One device's share of the run: the model and critics, built once (a Ray actor)."""
+
+    def __init__(self, recipe: dict, ledger: Any):
+        import torch
+
+        from milr.factory import resolve_device
+        from milr.recipe import load_recipe
+        from milr.runner import build_components
+
+        self.recipe = load_recipe(recipe)
+        run = self.recipe.run
+        # Ray gives an actor its CPUs as a number, not as threads: use them, as run.threads does locally.
+        torch.set_num_threads(run.threads or max(1, int(run.cpus_per_worker)))
+        self.components = build_components(self.recipe, resolve_device(run.device))
+        c = self.components
+        share_spend([c.critic, *c.members.values(), *c.evals.values()], ledger)
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def solve(self, tasks: list) -> list[tuple[Any, dict]]:
+        """Each task's :class:`~milr.run_record.PromptRecord` and images (uint8: what the PNG stores, a quarter
+        of the bytes), in finishing order."""
+        from milr.runner import solve
+
+        return [(result, _to_uint8(images)) for result, images in solve(self.components, tasks)]
+
+
+def _to_uint8(images: dict) -> dict:
+    def q(t: Any) -> Any:
+        return (t.detach().float().clamp(0, 1) * 255).round().to("cpu").byte()
+
+    return {"initial": q(images["initial"]), "final": q(images["final"]),
+            "steps": [(step, q(t)) for step, t in images.get("steps", [])]}
+
+
+def _to_float(images: dict) -> dict:
+    return {"initial": images["initial"].float() / 255, "final": images["final"].float() / 255,
+            "steps": [(step, t.float() / 255) for step, t in images["steps"]]}
+
+
+def run_ray(recipe: Any, record: Any, todo: list, total: int, log: Callable[[str], None] = lambda s: None,
+            progress_lines: bool = True) -> None:
+    """Solve ``todo`` on ``recipe.run.workers`` Ray actors; the results go to ``record`` as they come."""
+    import ray
+    from ray.exceptions import (ActorUnavailableError, ObjectLostError, OutOfMemoryError, OwnerDiedError,
+                                RayActorError, RayTaskError, WorkerCrashedError)
+
+    from milr.runner import write_result
+
+    lost = (RayActorError, ActorUnavailableError, WorkerCrashedError, OutOfMemoryError, ObjectLostError, OwnerDiedError)
+    run = recipe.run
+    connect(run)
+    here = ray.get_runtime_context().get_node_id()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # The ledger writes the spend files: it lives where the run folder is.
+    ledger = ray.remote(num_cpus=0)(SpendLedger).options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(str(record.dir))
+    worker_cls = ray.remote(num_cpus=run.cpus_per_worker, num_gpus=run.gpus_per_worker, max_restarts=0)(Worker)
+    recipe_dict = recipe.to_dict()
+
+    queue = deque(todo)
+    attempts: dict[str, int] = {}
+    inflight: dict[Any, tuple[int, list]] = {}
+    actors: list[Any] = [None] * min(run.workers, len(todo))
+    done_n = total - len(todo)
+    chunk = max(1, run.batch_prompts)
+
+    def submit(i: int) -> None:
+        if not queue:
+            return
+        if actors[i] is None:
+            actors[i] = worker_cls.remote(recipe_dict, ledger)
+        tasks = [queue.popleft() for _ in range(min(chunk, len(queue)))]
+        inflight[actors[i].solve.remote(tasks)] = (i, tasks)
+
+    try:
+        for i in range(len(actors)):
+            submit(i)
+        while inflight:
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            i, tasks = inflight.pop(ready[0])
+            try:
+                out = ray.get(ready[0])
+            except RayTaskError as e:  # milr or a component raised: the same error a local run stops with
+                cause = getattr(e, "cause", None)
+                raise (cause if isinstance(cause, BaseException) else e) from None
+            except lost as e:
+                ray.kill(actors[i], no_restart=True)
+                actors[i] = None  # a fresh actor, with the model loaded again, takes its place
+                for t in tasks:
+                    attempts[t.id] = attempts.get(t.id, 0) + 1
+                    if attempts[t.id] >= MAX_ATTEMPTS:
+                        raise RuntimeError(f"prompt {t.id!r}: its worker died {attempts[t.id]} times "
+                                           f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); "
+                                           "the run stops, resume it with `milr run --resume`") from None
+                queue.extendleft(reversed(tasks))
+                log(f"milr: worker {i} lost ({type(e).__name__}); {len(tasks)} prompt(s) go back to the queue")
+                submit(i)
+                continue
+            for result, images in out:
+                write_result(record, result, _to_float(images))
+                done_n += 1
+                if progress_lines:
+                    log(f"milr: [{done_n}/{total}] {result.id}: reward {result.initial.reward:.4g} -> "
+                        f"{result.final.reward:.4g}, {result.steps} steps, {result.seconds:.1f} s, worker {i}")
+            submit(i)
+    finally:
+        for a in actors:
+            if a is not None:
+                ray.kill(a, no_restart=True)
+        ray.kill(ledger, no_restart=True)

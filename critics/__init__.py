@@ -151,6 +151,7 @@ CRITICS.register_lazy(
         score_range=(-float("inf"), float("inf")),
         differentiable=True,
         input_size=32,
+        max_text_tokens=16,  # the prompt encoder's context (critic.json), as the built critic's card says
         cost="cheap",
         weights="shipped: milr/critics/weights/world_pref (safetensors)",
         reference="Bradley-Terry reward model (TRL RewardTrainer; ImageReward, arXiv 2304.05977); recipes/train-world-pref.yaml",
@@ -164,6 +165,7 @@ CRITICS.register_lazy(
         score_range=(-1.0, 1.0),
         differentiable=True,
         input_size=32,
+        max_text_tokens=16,  # the text tower's context (critic.json), as the built critic's card says
         cost="cheap",
         weights="shipped: milr/critics/weights/world_clip (open_clip config + safetensors)",
         reference="CLIP (arXiv 2103.00020) via open_clip; recipes/train-world-clip.yaml",
@@ -264,9 +266,13 @@ CRITICS.register_lazy(
 
 def _register_user_critics() -> None:
     # Names from the user's critics.yaml (see milr.critics.trained); problems are warnings here.
-    from milr.critics.trained import register_user_critics
+    # Without the file nothing is imported: start-up loads only the critics a recipe names.
+    from milr.critics.shipped import user_config_path
 
-    register_user_critics()
+    if user_config_path().is_file():
+        from milr.critics.trained import register_user_critics
+
+        register_user_critics()
 
 
 _register_user_critics()

@@ -68,9 +68,12 @@ class BestOfN(Search):
 
     def _start(self) -> None:
         if self.prefilter_critic is not None and self._prefilter is None:
-            cls = CRITICS.get(self.prefilter_critic)
-            params = inspect.signature(cls).parameters
-            self._prefilter = cls(model=self.model) if "model" in params else cls()
+            from milr.factory import build_component
+
+            # Built like every critic: the model and its device injected where the constructor
+            # takes them, so a GPU run's cheap critic does not score on the CPU.
+            self._prefilter = build_component(CRITICS, self.prefilter_critic, {}, model=self.model,
+                                              device=str(getattr(self.model, "device", "cpu")))
         if self.prefilter_k is not None and self._prefilter is None:
             raise ValueError("prefilter_k is set but there is no prefilter critic: give prefilter_critic or call set_prefilter_critic()")
         self._state = self.model.encode_prompts([self.task.prompt])

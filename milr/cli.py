@@ -65,6 +65,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
                         print(f"  {'':<16}   {k}: {v}")
             else:
                 print(f"  {'':<16}   {card.one_line()}")
+            tags = reg.tags(name)
+            if tags:  # timm-style presets: name.tag = these argument defaults
+                print(f"  {'':<16}   tags: " + "; ".join(
+                    f"{name}.{t} ({', '.join(f'{k}={v}' for k, v in a.items())})" for t, a in tags.items()))
         print()
     return 0
 

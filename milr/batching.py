@@ -43,6 +43,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 from milr.interfaces import Critic, ImageResult, MUGModel, TextResult, TokenCounter
 
 MODEL_CALLS = ("encode_prompts", "reason", "image_context", "sample_image", "decode_image", "yes_probability")
+DECODING = ("reason", "sample_image")  # the token-by-token calls, where a batch pays most
 
 
 class _Cancelled(BaseException):
@@ -51,9 +52,11 @@ class _Cancelled(BaseException):
 
 @dataclass
 class BatchStats:
-    """What the coordinator merged: one ``(method, prompts in the call)`` per call it made."""
+    """What the coordinator did: one ``(method, prompts in the call)`` per call it made, and the
+    number of prompts in the batch at each round (all parked, then their calls run)."""
 
     calls: list[tuple[str, int]] = field(default_factory=list)
+    rounds: list[int] = field(default_factory=list)
 
     def sizes(self, method: str) -> list[int]:
         return [n for m, n in self.calls if m == method]
@@ -139,6 +142,7 @@ class _Slot:
         self.call: Optional[_Call] = None
         self.reply: Optional[tuple[Any, Optional[BaseException], float]] = None
         self.cancelled = False
+        self.held = 0  # decoding rounds this prompt's call waited for a larger group
         self.finished = False
         self.outcome: Any = None
         self.error: Optional[BaseException] = None
@@ -227,11 +231,12 @@ Critic.register(CriticProxy)
 class Coordinator:
     """Runs prompts ``batch_prompts`` at a time, merging their model and critic calls (see the module docstring)."""
 
-    def __init__(self, model: MUGModel, batch_prompts: int, stats: Optional[BatchStats] = None):
+    def __init__(self, model: MUGModel, batch_prompts: int, stats: Optional[BatchStats] = None, max_hold: int = 2):
         if batch_prompts < 1:
             raise ValueError(f"batch_prompts must be >= 1, got {batch_prompts}")
         self.model, self.size, self.stats = model, batch_prompts, stats
         self.merges = bool(getattr(model, "batches_prompts", False))
+        self.max_hold = max_hold
         self._back = threading.Semaphore(0)
 
     # -- the loop ------------------------------------------------------------------------------
@@ -291,11 +296,33 @@ class Coordinator:
         self._back.acquire()
 
     def _round(self, live: list[_Slot]) -> None:
-        for group in self._groups([s.call for s in live]):
+        """Run the parked calls: every cheap call, else (all parked in decoding) the largest group.
+
+        Prompts flow through cheap calls (encodings, pixels, critics) and gather at the decoding
+        calls. There, the largest group runs and the others wait, so prompts that drifted out of
+        phase (one joined late, one stopped early) meet again at the same call: a group waits at
+        most ``max_hold`` times, the most one cycle of a search's decoding calls takes.
+        """
+        if self.stats is not None:
+            self.stats.rounds.append(len(live))
+        cheap = [s.call for s in live if s.call.method not in DECODING]
+        if cheap:
+            run = self._groups(cheap)
+        else:
+            groups = self._groups([s.call for s in live])
+            largest = max(groups, key=len)
+            run = [g for g in groups if g is largest or any(c.slot.held >= self.max_hold for c in g)]
+        for group in run:
             self._execute(group)
+            for c in group:
+                c.slot.held = 0
+        chosen = {id(c.slot) for g in run for c in g}
         for s in live:
-            s.call = None
-            self._resume(s)
+            if id(s) in chosen:
+                s.call = None
+                self._resume(s)
+            else:
+                s.held += 1
 
     # -- which calls share a batch ----------------------------------------------------------------
     def _key(self, call: _Call) -> Any:
@@ -314,7 +341,7 @@ class Coordinator:
         if m == "reason":
             if _rows_of(a["state"]) is None:
                 return None
-            return (m, a["prefix_ids"] is None, a["max_new_tokens"], a["use_prompt_cache"], call.grad)
+            return (m, a["max_new_tokens"], a["use_prompt_cache"], call.grad)
         if m == "image_context":
             if _rows_of(a["state"]) is None:
                 return None
@@ -323,8 +350,7 @@ class Coordinator:
             if _rows_of(a["context"]) is None or isinstance(a["generator"], (list, tuple)):
                 return None
             p = a["prefix_tokens"]
-            return (m, a["num_samples"], None if p is None else int(p.shape[1]), a["cfg"], a["temperature"],
-                    a["return_hidden"], a["use_prompt_cache"], call.grad)
+            return (m, 0 if p is None else int(p.shape[1]), a["cfg"], a["temperature"], a["use_prompt_cache"], call.grad)
         return None
 
     def _groups(self, calls: list[_Call]) -> list[list[_Call]]:
@@ -415,7 +441,10 @@ class Coordinator:
             return [_set_rows(s, n) for s, n in zip(model.split_rows(state, sizes), sizes)]
         if m == "reason":
             sizes = [_rows_of(c.arg("state")) for c in group]
-            prefix = None if first.arg("prefix_ids") is None else [t for c in group for t in c.arg("prefix_ids")]
+            prefix = None
+            if any(c.arg("prefix_ids") is not None for c in group):  # no prefix = an empty one
+                empty = torch.zeros(0, dtype=torch.long)
+                prefix = [t for c, n in zip(group, sizes) for t in (c.arg("prefix_ids") or [empty] * n)]
             with self._counting([(n, c.slot.counter) for n, c in zip(sizes, group)]):
                 text = model.reason(model.merge_rows([c.arg("state") for c in group]), prefix_ids=prefix,
                                     max_new_tokens=first.arg("max_new_tokens"), use_prompt_cache=first.arg("use_prompt_cache"))
@@ -427,17 +456,23 @@ class Coordinator:
                 ctx = model.image_context(model.merge_rows([c.arg("state") for c in group]), plans)
             return [_set_rows(x, n) for x, n in zip(model.split_rows(ctx, sizes), sizes)]
         if m == "sample_image":
-            k = first.arg("num_samples")
-            sizes = [_rows_of(c.arg("context")) for c in group]
+            # Every call as num_samples=1 over its context's rows repeated num_samples times (the
+            # same rows, in the same prompt-major order), so calls with different counts merge.
+            contexts, sizes = [], []
+            for c in group:
+                k, ctx = c.arg("num_samples"), c.arg("context")
+                n = _rows_of(ctx)
+                contexts += [ctx] if k == 1 else [part for part in model.split_rows(ctx, [1] * n) for _ in range(k)]
+                sizes.append(n * k)
             gens = [c.arg("generator") for c, n in zip(group, sizes) for _ in range(n)]
             prefix = None if first.arg("prefix_tokens") is None else torch.cat([torch.as_tensor(c.arg("prefix_tokens")) for c in group])
-            with self._counting([(n * k, c.slot.counter) for n, c in zip(sizes, group)]):
+            with self._counting([(n, c.slot.counter) for n, c in zip(sizes, group)]):
                 img = model.sample_image(
-                    model.merge_rows([c.arg("context") for c in group]), num_samples=k, prefix_tokens=prefix,
-                    cfg=first.arg("cfg"), temperature=first.arg("temperature"), generator=gens,
-                    return_hidden=first.arg("return_hidden"), use_prompt_cache=first.arg("use_prompt_cache"))
-            return [ImageResult(tokens=img.tokens[a:b], hidden=None if img.hidden is None else img.hidden[a:b],
-                                cfg=img.cfg, temperature=img.temperature) for a, b in _spans([n * k for n in sizes])]
+                    model.merge_rows(contexts), num_samples=1, prefix_tokens=prefix, cfg=first.arg("cfg"),
+                    temperature=first.arg("temperature"), generator=gens,
+                    return_hidden=any(c.arg("return_hidden") for c in group), use_prompt_cache=first.arg("use_prompt_cache"))
+            return [ImageResult(tokens=img.tokens[a:b], hidden=img.hidden[a:b] if img.hidden is not None and c.arg("return_hidden") else None,
+                                cfg=img.cfg, temperature=img.temperature) for c, (a, b) in zip(group, _spans(sizes))]
         raise AssertionError(f"no merge rule for {m}")
 
 

@@ -77,6 +77,18 @@ def test_a_killed_worker_is_replaced_and_its_prompt_retried(cluster, tmp_path):
     assert by_index(run_recipe(path, progress=False, log=lambda s: None)) == by_index(run_dir)
 
 
+def test_a_worker_that_cannot_build_stops_the_run_with_its_error(cluster, tmp_path):
+    """A constructor's error is the component's, not a lost worker: raised as is, never retried."""
+    path = ray_recipe(tmp_path, 1, prompts=PROMPTS[:2])
+    data = yaml.safe_load(path.read_text())
+    data["model"]["image_tokens"] = 15  # passes the recipe's type check; ToyMUG refuses it when built
+    path.write_text(yaml.safe_dump(data))
+    logged = []
+    with pytest.raises(ValueError, match="image_tokens must be a square number"):
+        run_recipe(path, progress=False, log=logged.append)
+    assert not any("lost" in line for line in logged)
+
+
 def test_a_killed_driver_resumes(tmp_path):
     # The driver (a `milr run` process) starts its own Ray: 2 CPUs here, no logical GPU, one CPU per worker.
     # Its workers die with it (Ray's fate sharing); the resumed run starts new ones.

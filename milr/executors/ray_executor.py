@@ -25,7 +25,6 @@ Reference: Ray actors and fault tolerance (docs.ray.io, "Actors", "Actor fault t
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from typing import Any, Callable
 
@@ -123,22 +122,26 @@ class Worker:
         from milr.recipe import load_recipe
         from milr.runner import build_components
 
-        self.recipe = load_recipe(recipe)
-        run = self.recipe.run
-        # Ray gives an actor its CPUs as a number, not as threads: use them, as run.threads does locally.
-        torch.set_num_threads(run.threads or max(1, int(run.cpus_per_worker)))
-        self.components = build_components(self.recipe, resolve_device(run.device))
-        c = self.components
-        share_spend([c.critic, *c.members.values(), *c.evals.values()], ledger)
-
-    def ready(self) -> int:
-        return os.getpid()
+        self.failed: BaseException | None = None
+        try:
+            self.recipe = load_recipe(recipe)
+            run = self.recipe.run
+            # Ray gives an actor its CPUs as a number, not as threads: use them, as run.threads does locally.
+            torch.set_num_threads(run.threads or max(1, int(run.cpus_per_worker)))
+            self.components = build_components(self.recipe, resolve_device(run.device))
+            c = self.components
+            share_spend([c.critic, *c.members.values(), *c.evals.values()], ledger)
+        except Exception as e:  # noqa: BLE001 - raised again by solve(), so the driver stops with this error
+            # Ray reports an exception in a constructor as a dead actor, which the driver would retry.
+            self.failed = e
 
     def solve(self, tasks: list) -> list[tuple[Any, dict]]:
         """Each task's :class:`~milr.run_record.PromptRecord` and images (uint8: what the PNG stores, a quarter
         of the bytes), in finishing order."""
         from milr.runner import solve
 
+        if self.failed is not None:
+            raise self.failed
         return [(result, _to_uint8(images)) for result, images in solve(self.components, tasks)]
 
 

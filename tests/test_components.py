@@ -179,3 +179,53 @@ def test_every_builder_goes_through_the_factory(monkeypatch):
     assert isinstance(teacher, Ensemble)
     assert calls == [("toy_mug:TargetTokenCritic", "cpu"), ("self_judge", "cpu"), ("self_judge", str(model.device)),
                      ("toy_mug:TargetTokenCritic", "cpu")]
+
+
+# ---------------------------------------------------------------------------------------------
+# CONTRIBUTING's plugin search, built from the text alone
+# ---------------------------------------------------------------------------------------------
+def contributing_plugin() -> str:
+    """The python block of CONTRIBUTING.md that registers a search."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "CONTRIBUTING.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "@SEARCHES.register(" in b]
+    return block
+
+
+def test_contributing_plugin_search_builds_registers_and_runs_under_milr_run(tmp_path, monkeypatch):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    code = contributing_plugin()
+    assert len(code.splitlines()) < 40  # a plugin search is short
+    (tmp_path / "my_search.py").write_text(code)
+    # Importing it registers its name (the registry restored afterwards, so other tests see the built-ins).
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(SEARCHES, "_entries", dict(SEARCHES._entries))
+    import my_search
+
+    assert SEARCHES.get("prefix_climb") is my_search.PrefixClimb
+    assert validate_component_args(SEARCHES, ComponentSpec(name="prefix_climb", steps=3, keep="half"), "search", None)
+    # `milr run` with the plugin named by import path, on ToyMUG, under a critic-call budget.
+    recipe = {"model": {"name": "toy_mug:ToyMUG"}, "critics": [{"name": "toy_mug:TargetTokenCritic"}],
+              "search": {"name": "my_search:PrefixClimb", "steps": 3, "k": 2},
+              "prompts": {"inline": ["a toy prompt", "another toy prompt"]},
+              "run": {"seed": 0, "output_dir": str(tmp_path / "runs"), "budget": {"critic_calls": 6}}}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parent)])}
+    out = subprocess.run([sys.executable, "-m", "milr.cli", "run", str(tmp_path / "recipe.yaml")], capture_output=True,
+                         text=True, env=env, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    lines = [json.loads(s) for s in (run_dir / "results.jsonl").read_text().splitlines()]
+    assert len(lines) == 2
+    for r in lines:  # the ordinary generation, then 2 + 2 + 1 climbs: the budget cuts the last step
+        assert [len(t["rewards"]) for t in r["trace"]] == [1, 2, 2, 1] and r["budget"]["critic_calls"] == 6
+        assert r["final"]["reward"] >= r["initial"]["reward"]

@@ -435,8 +435,9 @@ class MUGModel(ABC):
 
         It keys the scores a model gives as a critic (``self_judge``) in the score cache, so two
         models of one class with different weights never share an entry. Hashed: the class, the
-        sampling defaults, and every tensor the instance holds (``nn.Module`` attributes' state
-        dicts and tensor attributes, two levels deep) by name, shape, dtype and bytes -- all bytes
+        sampling defaults, and every tensor the instance holds in public attributes (``nn.Module``
+        attributes' state dicts and tensor attributes, two levels deep; private ``_`` attributes are
+        caches, not weights) by name, shape, dtype and bytes -- all bytes
         up to :attr:`FINGERPRINT_FULL` elements, a strided sample of :attr:`FINGERPRINT_SAMPLE`
         elements above it. Hashing
         tensors rather than checkpoint files covers models built in memory (``MiniMUG.random``,
@@ -496,7 +497,7 @@ def _tensors_fingerprint(model: Any, full: int, sample: int) -> str:
             yield prefix, obj
         elif depth < 2 and hasattr(obj, "__dict__") and not isinstance(obj, type):
             for k, v in sorted(vars(obj).items()):
-                if not k.startswith("__"):
+                if not k.startswith("_"):  # private attributes hold state (KV and plan caches), not weights
                     yield from tensors(v, f"{prefix}.{k}", depth + 1)
 
     for name, t in tensors(model, "", 0):

@@ -7,6 +7,7 @@ package, so a recipe works the same from a source checkout and from a wheel.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
@@ -30,3 +31,15 @@ def resolve_shipped(name: str, available: Mapping[str, Path], problem: str) -> P
     if name in available:
         return available[name]
     raise FileNotFoundError(problem.format(name=repr(name), shipped=", ".join(available) or "none installed"))
+
+
+def user_config_path() -> Path:
+    """The user's critics file (``$MILR_CRITICS_FILE``, else ``$XDG_CONFIG_HOME/milr/critics.yaml``).
+
+    Here, not in :mod:`milr.critics.trained`, so the critic index can look for the file without
+    importing a critic module (start-up imports only what a recipe uses)."""
+    env = os.environ.get("MILR_CRITICS_FILE")
+    if env:
+        return Path(os.path.expanduser(env))
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "milr" / "critics.yaml"

@@ -7,7 +7,7 @@ References:
   ``get_mask_sizes(query_length)``. ``DynamicLayer`` grows with ``torch.cat`` at every token, which
   copies the whole cache each step (quadratic traffic over an image: 576 steps); ``StaticLayer``
   preallocates ``max_cache_len`` but then attends over every slot, masked or not.
-* :class:`BufferLayer` here preallocates like ``StaticLayer`` and returns views of the filled part
+* ``BufferLayer`` (``models/janus_buffer.py``) preallocates like ``StaticLayer`` and returns views of the filled part
   like ``DynamicLayer``: the attention sees exactly the tensors ``DynamicCache`` would give it (same
   shapes, same values; only the storage stride differs), so tokens equal the dynamic path while no
   step copies the cache. Measured on this CPU in issue 12: x1.36 at 64 prompts, identical tokens.
@@ -51,54 +51,14 @@ def cache_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return list(zip(cache.key_cache, cache.value_cache))  # older 4.5x
 
 
-try:  # transformers >= 4.56: caches are lists of per-layer objects
-    from transformers.cache_utils import DynamicLayer as _LayerBase
-except ImportError:  # pragma: no cover - transformers 4.5x before 4.56: dynamic caches only
-    _LayerBase = None
-
-
 def static_supported() -> bool:
-    """Per-layer cache objects (what :class:`BufferLayer` plugs into) exist since transformers 4.56."""
-    return _LayerBase is not None
-
-
-class BufferLayer(_LayerBase or object):
-    """One layer's keys and values in a buffer allocated once for ``capacity`` positions.
-
-    ``update`` writes the new positions in place and exposes views ``[:, :, :length]`` as ``keys``
-    and ``values``, so the attention input is ``DynamicLayer``'s without its per-token ``torch.cat``.
-    """
-
-    is_croppable = False
-
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int):
-        super().__init__()
-        rows, heads, length, _ = keys.shape
-        self._k = keys.new_empty(rows, heads, capacity, keys.shape[-1])
-        self._v = values.new_empty(rows, heads, capacity, values.shape[-1])
-        self._k[:, :, :length] = keys
-        self._v[:, :, :length] = values
-        self.length = length
-        self.keys, self.values = self._k[:, :, :length], self._v[:, :, :length]
-        self.is_initialized = True
-        self.device = keys.device
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        end = self.length + key_states.shape[-2]
-        if end > self._k.shape[2]:
-            raise RuntimeError(f"KV buffer full: {end} positions needed, {self._k.shape[2]} allocated")
-        self._k[:, :, self.length : end] = key_states
-        self._v[:, :, self.length : end] = value_states
-        self.length = end
-        self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
-        return self.keys, self.values
-
-    def get_seq_length(self, *args, **kwargs) -> int:
-        return self.length
-
-    def get_mask_sizes(self, query_length: int, *args, **kwargs) -> tuple[int, int]:
-        # As DynamicLayer: the mask covers the filled positions plus the new queries.
-        return self.length + query_length, 0
+    """Per-layer cache objects (what :class:`~milr.models.janus_buffer.BufferLayer` plugs into)
+    exist since transformers 4.56."""
+    try:
+        from transformers.cache_utils import DynamicLayer  # noqa: F401
+    except ImportError:  # pragma: no cover - transformers 4.5x before 4.56: dynamic caches only
+        return False
+    return True
 
 
 def new_cache(kv: list[tuple[torch.Tensor, torch.Tensor]], rows: torch.Tensor, capacity: Optional[int] = None) -> Any:
@@ -114,6 +74,8 @@ def new_cache(kv: list[tuple[torch.Tensor, torch.Tensor]], rows: torch.Tensor, c
         for i, (k, v) in enumerate(kv):
             cache.update(k.index_select(0, rows), v.index_select(0, rows), i)
         return cache
+    from milr.models.janus_buffer import BufferLayer  # imports transformers: only when a cache is built
+
     cache.layers = [BufferLayer(k.index_select(0, rows), v.index_select(0, rows), capacity) for k, v in kv]
     return cache
 

@@ -204,3 +204,28 @@ def test_gpu_throughput_benchmark_runs_on_cpu(capsys):
     assert "| 2 (4) | " in out and "floor ms/step" in out and "GenEval MILR-20" in out
     seven = janus_random.roofline("janus-pro-7b", batches=(1,))[0]  # the public shape: 7B, bf16
     assert 12.0 < seven["weight_gb"] < 12.6 and seven["byte_ms"] > 50 * seven["flop_ms"]
+
+
+def test_loading_recipes_imports_no_heavy_library(tmp_path):
+    """Start-up imports only what a recipe uses: validating the Janus-Pro and quickstart recipes loads
+    neither transformers, open_clip nor ultralytics, and no critic module the recipes do not name."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from milr.recipe import load_recipe\n"
+        "load_recipe('janus-pro-7b-wise'); load_recipe('quickstart-oracle')\n"
+        "heavy = [m for m in ('transformers', 'open_clip', 'ultralytics', 'timm') if m in sys.modules]\n"
+        "print(json.dumps([heavy, sorted(m for m in sys.modules if m.startswith('milr.critics.'))]))\n"
+    )
+    env = {**os.environ, "MILR_CRITICS_FILE": str(tmp_path / "none.yaml")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    heavy, critics = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert heavy == []
+    # wise_judge (and the api_judge it builds on) and world_oracle are the recipes' critics.
+    assert set(critics) <= {"milr.critics.wise_judge", "milr.critics.api_judge", "milr.critics.questions",
+                                  "milr.critics.shipped", "milr.critics.world_oracle"}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 
 import pytest
 import torch
@@ -82,6 +83,17 @@ def test_card_is_declared(reg, name):
     assert own is None or own == card  # the index's card and the class's are one card
 
 
+TAGS = [(reg, name, tag) for reg, name in COMPONENTS for tag in reg.tags(name)]
+
+
+@pytest.mark.parametrize("reg,name,tag", TAGS, ids=[f"{r.kind}:{n}.{t}" for r, n, t in TAGS])
+def test_every_tag_is_a_preset_whose_arguments_validate(reg, name, tag):
+    preset = reg.tags(name)[tag]
+    assert preset and reg.tag_args(f"{name}.{tag}") == preset and reg.resolve_name(f"{name}.{tag}") == name
+    errors = validate_component_args(reg, ComponentSpec(name=name, **preset), reg.kind, None)
+    assert sorted(e.path for e in errors) == sorted(f"{reg.kind}.{p}" for p in required(reg.get(name)))
+
+
 @pytest.mark.parametrize("reg,name", COMPONENTS, ids=IDS)
 def test_signature_validates_with_defaults(reg, name):
     errors = validate_component_args(reg, ComponentSpec(name=name), reg.kind, None)
@@ -110,14 +122,44 @@ def test_model_card_facts_equal_the_built_model(name):
         assert getattr(model, fact) == getattr(card, fact), f"{name}: card says {fact}={getattr(card, fact)!r}, built {getattr(model, fact)!r}"
     pixels = model.decode_image(torch.zeros(1, model.image_tokens, dtype=torch.long))
     assert tuple(pixels.shape[-2:]) == (card.image_size, card.image_size)
+    # The latents the card lists are there: reasoning and image hidden states of the hidden size.
+    state = model.encode_prompts([PROMPT])
+    if "text" in card.latents:
+        assert model.reason(state).hidden[0].shape[-1] == card.hidden_size
+    if "image" in card.latents:
+        img = model.sample_image(model.image_context(state), generator=torch.Generator().manual_seed(0))
+        assert tuple(img.hidden.shape[-3:]) == (card.image_tokens, 2, card.hidden_size)
+
+
+class LatentProbe(ToyMUG):
+    """ToyMUG counting the head calls a search makes itself (decoding latents), not the model's own sampling."""
+
+    searcher_head_calls = 0
+
+    def _probe(self) -> None:
+        f = sys._getframe(2)
+        while f is not None and f.f_globals.get("__name__") in (__name__, "milr.interfaces"):
+            f = f.f_back  # image_logits (milr.interfaces) calls image_head: look past it to the caller
+        if f is not None and f.f_globals.get("__name__") != ToyMUG.__module__:
+            self.searcher_head_calls += 1
+
+    def text_head(self, hidden):
+        self._probe()
+        return super().text_head(hidden)
+
+    def image_head(self, hidden):
+        self._probe()
+        return super().image_head(hidden)
 
 
 @pytest.mark.parametrize("name", SEARCHES.names())
 @pytest.mark.parametrize("budget", [Budget(critic_calls=5), Budget(generator_tokens=600)], ids=["critic_calls", "tokens"])
 def test_every_search_runs_the_toy_loop_within_its_budget(name, budget):
-    model = ToyMUG()
+    model = LatentProbe()
     search = build_component(SEARCHES, name, {})
     s, means = toy_loop(search, model, TargetTokenCritic(), budget=budget)
+    # The card's needs_latents is what the search does: decode last-layer latents through the heads.
+    assert (model.searcher_head_calls > 0) == SEARCHES.card(name).needs_latents
     assert means and s.ledger.critic_calls == sum(len(t["rewards"]) for t in s.trace)
     if budget.critic_calls is not None:
         assert s.ledger.critic_calls <= budget.critic_calls

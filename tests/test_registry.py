@@ -1,5 +1,6 @@
 """Registry: lazy import, decorator registration, did-you-mean, import paths, cards."""
 
+import re
 import subprocess
 import sys
 import time
@@ -79,3 +80,39 @@ def test_milr_list_is_fast_and_shows_cards():
         [sys.executable, "-c", "import sys, milr.cli; milr.cli.main(['list','critics']); print('TORCH' if 'torch' in sys.modules else 'NOTORCH')"],
         capture_output=True, text=True, check=True)
     assert probe.stdout.strip().endswith("NOTORCH")
+
+
+# -- the built-in indexes as data (index.yaml) -------------------------------------------------
+def _index(tmp_path, text: str):
+    from milr.cards import CriticCard, register_index
+    from milr.registry import Registry
+
+    path = tmp_path / "index.yaml"
+    path.write_text(text)
+    reg = Registry("critic", "milr.test-none")
+    register_index(reg, CriticCard, path, "milr.critics")
+    return reg
+
+
+def test_index_yaml_builds_typed_cards(tmp_path):
+    reg = _index(tmp_path, "toy:\n  target: toy:Toy\n  aliases: [t]\n  tags: {fast: {steps: 1}}\n"
+                           "  card: {summary: s, score_range: [-.inf, 1], needs_metadata: [include], input_size: 32}\n")
+    card = reg.card("toy")
+    assert card.score_range == (float("-inf"), 1.0) and isinstance(card.score_range[1], float)
+    assert card.needs_metadata == ("include",) and card.input_size == 32
+    assert reg.resolve_name("t") == "toy" and reg.tags("toy") == {"fast": {"steps": 1}}
+
+
+@pytest.mark.parametrize("card, message", [
+    ("{summary: s, scroe_range: [0, 1]}", "toy.card: unknown card field(s) ['scroe_range']"),
+    ("{summary: s, score_range: [0, x]}", "toy.card.score_range.1: expected float, got 'x'"),
+    ("{summary: s, input_size: true}", "toy.card.input_size: expected int, got True"),
+    ("{summary: s, score_range: [0, 1, 2]}", "toy.card.score_range: expected a list of 2 items"),
+])
+def test_index_yaml_errors_name_the_file_and_the_entry(tmp_path, card, message):
+    from milr.cards import CardIndexError
+
+    with pytest.raises(CardIndexError, match=re.escape("critics/index.yaml: " + message)):
+        _index(tmp_path, f"toy:\n  target: toy:Toy\n  card: {card}\n")
+    with pytest.raises(CardIndexError, match=re.escape("critics/index.yaml: toy: expected target")):
+        _index(tmp_path, "toy:\n  card: {summary: s}\n")

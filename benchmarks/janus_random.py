@@ -136,10 +136,11 @@ def random_janus(shape: str, device: str = "cpu", dtype: Optional[str] = None, s
     """
     import torch
 
-    from milr.models.janus_pro import JanusPro, _resolve_device, _resolve_dtype
+    from milr.devices import resolve_device, torch_dtype as _torch_dtype
+    from milr.models.janus_pro import JanusPro
 
-    dev = _resolve_device(device)
-    torch_dtype = _resolve_dtype(dtype, torch.device(dev))
+    dev = resolve_device(device, check=True)
+    torch_dtype = _torch_dtype(dtype, torch.device(dev))
     model = _build(shape, seed, dev, torch_dtype)
     return JanusPro.from_modules(model, _processor(shape), source=f"random:{shape}", device=dev, dtype=dtype,
                                  **janus_kwargs)

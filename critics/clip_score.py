@@ -14,31 +14,22 @@ at the local file. The model itself is then built with the hub forced offline.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import torch
 import torch.nn.functional as F
 
+from milr.devices import DType, open_clip_precision, torch_dtype
+from milr.hub import cached_file, hub_offline, module_fingerprint
+from milr.image_inputs import check_batch
 from milr.interfaces import Critic, given_arg
 from milr.registry import CRITICS
 
 # Bump when the scoring code changes in a way that changes scores (part of the cache key).
 VERSION = "1"
-
-_DTYPES = {
-    "float32": ("fp32", torch.float32),
-    "fp32": ("fp32", torch.float32),
-    "bfloat16": ("bf16", torch.bfloat16),
-    "bf16": ("bf16", torch.bfloat16),
-    "float16": ("fp16", torch.float16),
-    "fp16": ("fp16", torch.float16),
-}
-
 
 class WeightsNotFoundError(FileNotFoundError):
     """A named checkpoint is not available locally (the toolkit never downloads at score time)."""
@@ -47,33 +38,6 @@ class WeightsNotFoundError(FileNotFoundError):
 # ---------------------------------------------------------------------------------------------
 # Offline loading
 # ---------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def hub_offline() -> Iterator[None]:
-    """Force huggingface_hub offline for the duration (its flag is read once at import).
-
-    Everything loaded inside has been resolved to local files first, so a stray hub lookup (e.g. a
-    tokenizer config) fails in milliseconds instead of retrying for tens of seconds.
-    """
-    try:
-        import huggingface_hub.constants as hf_constants
-    except ImportError:  # pragma: no cover - open_clip depends on huggingface_hub
-        yield
-        return
-    old = hf_constants.HF_HUB_OFFLINE
-    hf_constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        hf_constants.HF_HUB_OFFLINE = old
-
-
-def _hf_cached(repo_id: str, filename: str, cache_dir: Optional[str]) -> Optional[str]:
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(repo_id=repo_id, filename=filename, cache_dir=cache_dir)
-    return found if isinstance(found, str) and os.path.isfile(found) else None
-
-
 def _resolve_tag(arch: str, tag: str, cache_dir: Optional[str]) -> tuple[str, dict]:
     """Local file for open_clip's pretrained ``tag`` of ``arch``, or :class:`WeightsNotFoundError`."""
     import open_clip
@@ -96,7 +60,7 @@ def _resolve_tag(arch: str, tag: str, cache_dir: Optional[str]) -> tuple[str, di
         if filename.endswith((".bin", ".pth")):
             candidates.insert(0, filename[:-4] + ".safetensors")
         for name in candidates:
-            path = _hf_cached(repo_id, name, cache_dir)
+            path = cached_file(repo_id, name, cache_dir)
             if path:
                 return path, cfg
         looked.append(f"the Hugging Face cache for repo {repo_id!r} (files {candidates})")
@@ -124,8 +88,8 @@ def _resolve_hf_hub_model(repo_id: str, cache_dir: Optional[str]) -> str:
     """``hf-hub:org/repo`` -> ``local-dir:<cached snapshot>`` when config and weights are cached."""
     from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
-    config = _hf_cached(repo_id, HF_CONFIG_NAME, cache_dir)
-    weights = _hf_cached(repo_id, HF_SAFE_WEIGHTS_NAME, cache_dir) or _hf_cached(repo_id, HF_WEIGHTS_NAME, cache_dir)
+    config = cached_file(repo_id, HF_CONFIG_NAME, cache_dir)
+    weights = cached_file(repo_id, HF_SAFE_WEIGHTS_NAME, cache_dir) or cached_file(repo_id, HF_WEIGHTS_NAME, cache_dir)
     if config and weights and Path(config).parent == Path(weights).parent:
         return "local-dir:" + str(Path(config).parent)
     raise WeightsNotFoundError(
@@ -161,7 +125,7 @@ def load_open_clip(
     arch: str,
     pretrained: Optional[str] = None,
     device: Union[str, torch.device] = "cpu",
-    dtype: str = "float32",
+    dtype: DType = "float32",
     cache_dir: Optional[str] = None,
 ) -> tuple[torch.nn.Module, Any, dict]:
     """Build an open_clip model and tokenizer from local files only.
@@ -173,9 +137,7 @@ def load_open_clip(
     """
     import open_clip
 
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    precision = _DTYPES[dtype][0]
+    precision = open_clip_precision(dtype)
     arch = str(arch)
     kwargs: dict[str, Any] = {}
     name = arch
@@ -261,25 +223,6 @@ def preprocess_tensor(images: torch.Tensor, pp_cfg: dict) -> torch.Tensor:
     return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
 
 
-def module_fingerprint(module: torch.nn.Module) -> str:
-    """sha256 over a module's parameters and buffers (names, shapes, bytes): the weights' identity."""
-    h = hashlib.sha256()
-    for key, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(key.encode())
-        h.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
-
-
-def check_images(images: torch.Tensor, prompts: list[str], who: str) -> None:
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"{who}: images must be a [B, 3, H, W] tensor in [0, 1], got {shape}")
-    if len(prompts) != images.shape[0]:
-        raise ValueError(f"{who}: {images.shape[0]} images but {len(prompts)} prompts")
-
-
 # ---------------------------------------------------------------------------------------------
 # The critic
 # ---------------------------------------------------------------------------------------------
@@ -325,7 +268,7 @@ class CLIPScore(Critic):
         batch_size: int = 32,
         requires_grad: bool = False,
         device: str = "cpu",
-        dtype: str = "float32",
+        dtype: DType = "float32",
         cache_dir: Optional[str] = None,
     ):
         if variant not in ("cosine", "clipscore"):
@@ -343,7 +286,7 @@ class CLIPScore(Critic):
         self.model, self.tokenizer, self.pp_cfg = load_open_clip(arch, pretrained, self.device, dtype, cache_dir)
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.dtype = _DTYPES[dtype][1]
+        self.dtype = torch_dtype(dtype)
         self._text_cache: dict[str, torch.Tensor] = {}
         self._fingerprint: Optional[str] = None
 
@@ -376,7 +319,7 @@ class CLIPScore(Critic):
 
     # -- scoring -------------------------------------------------------------------------------
     def _score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        check_images(images, prompts, "clip_score")
+        check_batch(images, prompts, "clip_score")
         out = []
         for i in range(0, images.shape[0], self.batch_size):
             img = self.image_features(images[i : i + self.batch_size])

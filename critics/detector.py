@@ -54,6 +54,7 @@ import torch.nn.functional as F
 
 from milr.critics.shipped import resolve_shipped, shipped
 from milr.geneval import Detection, GenEvalResult, evaluate
+from milr.devices import DType
 from milr.interfaces import Critic, given_arg
 from milr.registry import CRITICS
 
@@ -193,8 +194,9 @@ class ClipColorClassifier:
     """GenEval's zero-shot colour classifier on an open_clip model."""
 
     def __init__(self, arch: str = "ViT-L-14", pretrained: Optional[str] = "openai",
-                 colors: Sequence[str] = GENEVAL_COLORS, device: str = "cpu", dtype: str = "float32"):
-        from milr.critics.clip_score import load_open_clip, module_fingerprint
+                 colors: Sequence[str] = GENEVAL_COLORS, device: str = "cpu", dtype: DType = "float32"):
+        from milr.critics.clip_score import load_open_clip
+        from milr.hub import module_fingerprint
 
         self.colors = list(colors)
         self.device = torch.device(device)

@@ -45,7 +45,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from milr.critics.clip_score import _DTYPES, _resolve_tag, hub_offline, module_fingerprint
+from milr.critics.clip_score import _resolve_tag
+from milr.devices import torch_dtype
+from milr.hub import hub_offline, module_fingerprint
 from milr.critics.detector import YOLO_COCO_TO_GENEVAL, ClipColorClassifier, DetectorCritic, MaskedDetection
 from milr.critics.vlm_judge import resolve_pretrained
 from milr.geneval import Detection, filter_detections
@@ -229,7 +231,7 @@ class GenEvalCritic(DetectorCritic):
             raise ValueError(f"geneval: test_scale must be [long, short] (>= 32 each) or null, got {test_scale}")
         self.test_scale = None if test_scale is None else (int(test_scale[0]), int(test_scale[1]))
         self.device = device
-        self.dtype = _DTYPES[dtype][1]
+        self.dtype = torch_dtype(dtype)
         if colors not in ("clip", "none"):
             raise ValueError(f"geneval: colors must be 'clip' or 'none', got {colors!r}")
         self.color_classifier = (ClipColorClassifier(clip_arch, clip_pretrained, device=device, dtype=dtype)

@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from milr.devices import DType, dtype_name, torch_dtype
+from milr.hub import cached_file
 from milr.interfaces import Critic, given_arg
 from milr.registry import CRITICS
 
@@ -66,13 +68,9 @@ def _vocab_from_gt_minilm() -> Path | None:
 
 
 def _vocab_from_hf_cache() -> Path | None:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
-        return None
     for repo in ("google-bert/bert-base-uncased", "bert-base-uncased"):
-        found = try_to_load_from_cache(repo, "vocab.txt")
-        if isinstance(found, str) and os.path.isfile(found):
+        found = cached_file(repo, "vocab.txt")
+        if found is not None:
             return Path(found)
     return None
 
@@ -101,10 +99,8 @@ def find_bert_vocab(tokenizer: str | os.PathLike | None) -> Path:
             return path / "vocab.txt"
         raise FileNotFoundError(f"folder {path} has no vocab.txt (ImageReward uses BERT-uncased's WordPiece vocab)")
     if "/" in str(tokenizer) and not str(tokenizer).startswith((".", "/", "~")):
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(str(tokenizer), "vocab.txt")
-        if isinstance(found, str) and os.path.isfile(found):
+        found = cached_file(str(tokenizer), "vocab.txt")
+        if found is not None:
             return Path(found)
     raise FileNotFoundError(
         f"tokenizer {tokenizer!r} is neither a vocab.txt, a folder with one, nor a hub repo in the local cache; "
@@ -148,15 +144,10 @@ def resolve_checkpoint(checkpoint: str | os.PathLike) -> Path:
     if name in HUB_NAMES:
         # the image-reward package's own download folder, then the Hugging Face cache
         candidates = [Path("~/.cache/ImageReward").expanduser() / HUB_FILE]
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            for repo in (HUB_REPO, "zai-org/ImageReward"):
-                found = try_to_load_from_cache(repo, HUB_FILE)
-                if isinstance(found, str):
-                    candidates.append(Path(found))
-        except ImportError:  # pragma: no cover
-            pass
+        for repo in (HUB_REPO, "zai-org/ImageReward"):
+            found = cached_file(repo, HUB_FILE)
+            if found is not None:
+                candidates.append(Path(found))
         for c in candidates:
             if c.is_file():
                 return c
@@ -368,7 +359,7 @@ class ImageRewardCritic(Critic):
         checkpoint: str = "ImageReward-v1.0",
         tokenizer: str | None = None,
         device: str = "cpu",
-        dtype: str = "float32",
+        dtype: DType = "float32",
         batch_size: int = 8,
         vision_heads: int | None = None,
         text_heads: int | None = None,
@@ -377,8 +368,7 @@ class ImageRewardCritic(Critic):
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+        dtype_name(dtype)  # a Python caller's unknown precision fails here, before anything loads
         self.checkpoint_path = resolve_checkpoint(checkpoint)
         vocab_path = find_bert_vocab(tokenizer)
         self.tokenizer = blip_tokenizer(vocab_path)
@@ -402,7 +392,7 @@ class ImageRewardCritic(Critic):
         if ignored:  # the reference ignores these too (strict=False); say so rather than hide it
             warnings.warn(f"ImageReward checkpoint: ignoring {len(ignored)} unused keys, e.g. {ignored[:4]}", stacklevel=2)
         self.device = torch.device(device)
-        self.dtype = getattr(torch, dtype)
+        self.dtype = torch_dtype(dtype)
         self.model.to(self.device, self.dtype).eval().requires_grad_(False)
         self.image_size = vision_cfg.image_size
         self.batch_size = batch_size

@@ -24,7 +24,7 @@ from typing import Any, Literal, Mapping, Optional
 
 import torch
 
-from milr.critics.clip_score import check_images
+from milr.image_inputs import check_batch
 from milr.critics.t2i_blip_vqa import T2IBlipVQA
 from milr.critics.t2i_clipscore import T2ICLIPScore
 from milr.critics.t2i_spatial import T2ISpatial
@@ -130,7 +130,7 @@ class T2I3in1(Critic):
         return self.subsets.get(prompt_key(prompt), "spatialaction")
 
     def score(self, images: torch.Tensor, prompts: list[str], metadata: Optional[list[dict]] = None) -> torch.Tensor:
-        check_images(images, prompts, "t2i_3in1")
+        check_batch(images, prompts, "t2i_3in1")
         md = list(metadata) if metadata is not None else [{}] * len(prompts)
         kinds = [self.subset_of(p, m) for p, m in zip(prompts, md)]
         parts: list[dict[str, float]] = [{} for _ in prompts]

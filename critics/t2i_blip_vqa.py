@@ -20,7 +20,9 @@ from typing import Literal, Optional
 import torch
 import torch.nn.functional as F
 
-from milr.critics.clip_score import _DTYPES, check_images, hub_offline, module_fingerprint
+from milr.devices import torch_dtype
+from milr.hub import hub_offline, module_fingerprint
+from milr.image_inputs import check_batch
 from milr.critics.t2i_text import blip_questions, check_chunker, load_analyzer
 from milr.critics.vlm_judge import resolve_pretrained
 from milr.interfaces import Critic, given_arg
@@ -67,7 +69,7 @@ class T2IBlipVQA(Critic):
         from transformers import AutoProcessor, BlipForQuestionAnswering
 
         self.device = torch.device(device)
-        self.dtype = _DTYPES[dtype][1]
+        self.dtype = torch_dtype(dtype)
         with hub_offline():
             self.processor = AutoProcessor.from_pretrained(path)
             self.model = BlipForQuestionAnswering.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
@@ -141,7 +143,7 @@ class T2IBlipVQA(Critic):
         return torch.stack([logits[:, self.yes_id], logits[:, self.no_id]], dim=-1).softmax(-1)[:, 0].cpu()
 
     def score(self, images: torch.Tensor, prompts: list[str], metadata: Optional[list[dict]] = None) -> torch.Tensor:
-        check_images(images, prompts, "t2i_blip_vqa")
+        check_batch(images, prompts, "t2i_blip_vqa")
         asked = [self.questions(p) for p in prompts]
         rows = [b for b, qs in enumerate(asked) for _ in qs]
         flat = [q for qs in asked for q in qs]

@@ -28,7 +28,7 @@ from typing import Any, Callable, Literal, Mapping, Optional, Sequence, Union
 
 import torch
 
-from milr.critics.clip_score import check_images
+from milr.image_inputs import check_batch
 from milr.critics.t2i_text import TextAnalyzer, Token, check_chunker, load_analyzer
 from milr.geneval import Detection
 from milr.interfaces import Critic, given_arg
@@ -243,7 +243,7 @@ class T2ISpatial(Critic):
                  for d in dets] for dets in self._detect(images)]
 
     def score(self, images: torch.Tensor, prompts: list[str], metadata: Optional[list[dict]] = None) -> torch.Tensor:
-        check_images(images, prompts, "t2i_spatial")
+        check_batch(images, prompts, "t2i_spatial")
         detections = self.detect(images)
         if len(detections) != len(prompts):
             raise RuntimeError(f"t2i_spatial: the detector returned {len(detections)} lists for {len(prompts)} images")

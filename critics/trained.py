@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from milr.cards import CriticCard
-from milr.critics.shipped import resolve_shipped, shipped
+from milr.critics.shipped import resolve_shipped, shipped, user_config_path
 from milr.interfaces import Critic, given_arg
 from milr.registry import CRITICS
 
@@ -160,9 +160,9 @@ class TrainedCritic(Critic):
     def _score(self, images: "torch.Tensor", prompts: list[str]) -> "torch.Tensor":
         import torch
 
-        from milr.critics.clip_score import check_images
+        from milr.image_inputs import check_batch
 
-        check_images(images, prompts, f"trained critic {self.folder.name}")
+        check_batch(images, prompts, f"trained critic {self.folder.name}")
         out = []
         for i in range(0, images.shape[0], self.batch_size):
             x = images[i : i + self.batch_size].to(self.device, torch.float32)
@@ -222,14 +222,6 @@ def world_clip(device: str = "cpu", batch_size: int = 256, requires_grad: bool =
 # User names from a config file
 # ---------------------------------------------------------------------------------------------
 _USER_NAMES: set[str] = set()
-
-
-def user_config_path() -> Path:
-    env = os.environ.get("MILR_CRITICS_FILE")
-    if env:
-        return Path(os.path.expanduser(env))
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(base) / "milr" / "critics.yaml"
 
 
 class _UserCritic:

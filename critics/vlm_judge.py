@@ -20,6 +20,7 @@ from typing import Literal, Mapping, Sequence
 import torch
 
 from milr.critics.questions import YesNoJudge
+from milr.devices import DType, dtype_name, torch_dtype
 from milr.interfaces import given_arg
 from milr.registry import CRITICS
 
@@ -114,7 +115,7 @@ class VLMJudge(YesNoJudge):
         yes_words: Sequence[str] = YES_WORDS,
         no_words: Sequence[str] = NO_WORDS,
         device: str = "cpu",
-        dtype: str = "float32",
+        dtype: DType = "float32",
         batch_size: int = 8,
         trust_remote_code: bool = False,
     ):
@@ -123,13 +124,12 @@ class VLMJudge(YesNoJudge):
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+        dtype_name(dtype)  # a Python caller's unknown precision fails here, before anything loads
         if "{question}" not in prompt_format:
             raise ValueError(f"prompt_format must contain '{{question}}', got {prompt_format!r}")
         source, _ = resolve_pretrained(str(checkpoint))
         kwargs = dict(local_files_only=True, trust_remote_code=trust_remote_code)
-        self.device, self.dtype = torch.device(device), getattr(torch, dtype)
+        self.device, self.dtype = torch.device(device), torch_dtype(dtype)
         self.processor = AutoProcessor.from_pretrained(source, **kwargs)
         # load in the target precision (a 7B judge in fp32 first would need twice the memory)
         self.model = AutoModelForImageTextToText.from_pretrained(source, dtype=self.dtype, **kwargs)

@@ -22,6 +22,7 @@ import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
+from milr.devices import resolve_device  # noqa: F401  (the runner and create_critic import it from here)
 from milr.errors import UserError
 from milr.interfaces import Critic
 
@@ -54,13 +55,6 @@ def _named(obj: Any, name: str) -> bool:
         return False
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; any other value as given."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def full_args(cls: Any, kwargs: Mapping[str, Any]) -> dict[str, Any]:

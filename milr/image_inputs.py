@@ -94,4 +94,15 @@ def prompt_list(prompts: Union[str, Sequence[str]], n: int) -> list[str]:
     return prompts
 
 
-__all__ = ["image_batch", "prompt_list", "folder_images"]
+__all__ = ["image_batch", "prompt_list", "folder_images", "check_batch"]
+
+
+def check_batch(images: "torch.Tensor", prompts: Sequence[str], who: str) -> None:
+    """A critic's inputs: ``images`` a ``[B, 3, H, W]`` tensor with one prompt per image."""
+    import torch
+
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"{who}: images must be a [B, 3, H, W] tensor in [0, 1], got {shape}")
+    if len(prompts) != images.shape[0]:
+        raise ValueError(f"{who}: {images.shape[0]} images but {len(prompts)} prompts")

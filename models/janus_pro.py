@@ -36,6 +36,8 @@ from typing import Any, Literal, Optional, Union
 
 import torch
 
+from milr.devices import resolve_device, torch_dtype
+from milr.hub import cached_file, is_offline
 from milr.interfaces import (
     ImageResult, MUGModel, TextResult, TokenCounter, generator_runs, given_arg, multinomial_rows,
 )
@@ -70,11 +72,6 @@ YES_WORDS = ("Yes", " Yes", "yes", " yes")
 NO_WORDS = ("No", " No", "no", " no")
 
 DEFAULT_CHECKPOINT = "deepseek-community/Janus-Pro-7B"
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-}
 
 
 def deepseek_sft_prompt(user_text: str, system_prompt: str = "", roles: tuple[str, str] = CHAT_ROLES) -> str:
@@ -171,7 +168,7 @@ class JanusPro(MUGModel):
         _check_args(max_text_tokens, temperature, top_k, kv_cache, decode_chunk, plan_cache)
         from transformers import AutoProcessor, JanusForConditionalGeneration
 
-        self.device = torch.device(_resolve_device(device))
+        self.device = torch.device(resolve_device(device, check=True))
         self.dtype = _resolve_dtype(dtype, self.device)
         source = _resolve_source(checkpoint, revision)
         load_kwargs: dict[str, Any] = {_dtype_kwarg(): self.dtype}
@@ -196,7 +193,7 @@ class JanusPro(MUGModel):
         constructor's sampling and speed arguments.
         """
         self = cls.__new__(cls)
-        self.device = torch.device(_resolve_device(device))
+        self.device = torch.device(resolve_device(device, check=True))
         self.dtype = _resolve_dtype(dtype, self.device)
         model = model.to(dtype=self.dtype)
         defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
@@ -541,9 +538,13 @@ class JanusPro(MUGModel):
         forced = self._check_image_prefix(prefix_tokens, r_rows, self.codebook_size)
         k = 0 if forced is None else forced.shape[1]
         # Runs of rows sharing a generator draw in one call, as an unbatched call on them would.
+        # A generator on another device is replaced once per call (one seed drawn from it).
         moved: dict[int, Optional[torch.Generator]] = {}
-        runs = [(lo, hi, moved.setdefault(id(g), _generator_for(g, self.device)))
-                for lo, hi, g in generator_runs(generator, b, num_samples)]
+        runs = []
+        for lo, hi, g in generator_runs(generator, b, num_samples):
+            if id(g) not in moved:
+                moved[id(g)] = _generator_for(g, self.device)
+            runs.append((lo, hi, moved[id(g)]))
 
         # Prompt-major rows: [cond of each sample, then uncond of each sample], as generate() expands.
         idx = torch.arange(b, device=self.device).repeat_interleave(num_samples)
@@ -663,24 +664,7 @@ class JanusPro(MUGModel):
 
 
 # -- loading helpers ---------------------------------------------------------------------------------
-def _resolve_device(device: Optional[str]) -> str:
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available; use device: cpu")
-    return str(dev)
-
-
-def _resolve_dtype(dtype: Optional[str], device: torch.device) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    key = str(dtype).replace("torch.", "")
-    if key not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of bfloat16, float16, float32, auto")
-    return _DTYPES[key]
+_resolve_dtype = torch_dtype  # None/auto: bfloat16 on CUDA, float32 elsewhere (milr.devices)
 
 
 def _resolve_attn(attn: Optional[str], device: torch.device) -> Optional[str]:
@@ -696,18 +680,6 @@ def _dtype_kwarg() -> str:
     return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
 
 
-def _hub_offline() -> bool:
-    truthy = {"1", "true", "yes", "on"}
-    if any(os.environ.get(v, "").lower() in truthy for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
-        return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except Exception:  # pragma: no cover - very old huggingface_hub
-        return False
-
-
 def _resolve_source(model: str, revision: Optional[str]) -> str:
     """A local checkpoint folder, or a hub name that is available (cached, or downloadable online)."""
     if not isinstance(model, str) or not model:
@@ -719,11 +691,8 @@ def _resolve_source(model: str, revision: Optional[str]) -> str:
         return path
     if model.startswith((".", "/", "~")) or model.count("/") != 1:
         raise FileNotFoundError(f"checkpoint {model!r}: no such folder, and not a hub name of the form 'owner/name'")
-    if _hub_offline():
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(model, "config.json", revision=revision)
-        if not isinstance(cached, str):
+    if is_offline():
+        if cached_file(model, "config.json", revision=revision) is None:
             raise FileNotFoundError(
                 f"Janus checkpoint {model!r} is not in the local Hugging Face cache and the hub is offline "
                 "(HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE). Download it on a machine with network access, e.g. "

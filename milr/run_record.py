@@ -34,8 +34,8 @@ def _check_keys(data: Any, cls: type, where: str, what: str) -> dict:
     known = [f.name for f in fields(cls) if not f.name.startswith("_")]
     unknown = [k for k in data if k not in known]
     if unknown:
-        raise RunFolderError(f"{_where(where)}unknown key {what + '.' if what != 'record' else ''}{unknown[0]!r} "
-                             f"in a run record (known: {', '.join(known)})")
+        key = unknown[0] if what == "record" else f"{what}.{unknown[0]}"
+        raise RunFolderError(f"{_where(where)}unknown key {key!r} in a run record (known: {', '.join(known)})")
     return data
 
 

@@ -93,7 +93,7 @@ def test_an_unknown_key_is_one_line_naming_file_and_line(tmp_path):
 def test_a_nested_unknown_key_or_a_bad_value_is_located(tmp_path):
     run_dir = toy_run(tmp_path)
     edit_line(run_dir, 1, lambda r: r["final"].__setitem__("stpe", 3))
-    with pytest.raises(RunFolderError, match=r"line 1: unknown key final\.'stpe'"):
+    with pytest.raises(RunFolderError, match=r"line 1: unknown key 'final\.stpe'"):
         read_records(run_dir)
     edit_line(run_dir, 1, lambda r: (r["final"].pop("stpe"), r["initial"].__setitem__("reward", "high")))
     with pytest.raises(RunFolderError, match=r"line 1: initial\.reward must be a number or null, found 'high'"):

@@ -171,7 +171,7 @@ def milr_gain(pref_dir: Path, clip_dir: Path, per_tag: int, steps: int, seed: in
 
 
 def write_figures(folder: Path, key: str, figures: dict) -> None:
-    from milr.train_critic import write_card_files
+    from milr.training.card import write_card_files
 
     info = json.loads((folder / "critic.json").read_text())
     info["card"]["extra"].setdefault("figures", {})[key] = figures

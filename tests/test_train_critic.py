@@ -1,4 +1,4 @@
-"""Critic training with Lightning (milr.train_critic) and using the result with no code (critics/trained.py).
+"""Critic training with Lightning (milr.training) and using the result with no code (critics/trained.py).
 
 Smoke sizes: a few dozen world examples, tiny networks, one or two epochs.
 """
@@ -12,7 +12,8 @@ import yaml
 
 import milr.critics  # noqa: F401  (the index declares 'trained')
 from milr.registry import CRITICS
-from milr.train_critic import load_train_recipe, train_critic
+from milr.training.config import load_train_recipe
+from milr.training.critic import train_critic
 from milr.world.data import write_captions, write_pairwise, write_pointwise
 
 TINY_MODEL = {"width": 4, "depth": 3, "text_dim": 8, "head_hidden": 16, "max_words": 16}
@@ -59,7 +60,7 @@ def test_pairwise_checkpoint_holds_weights_config_and_card(pairwise_ckpt):
 def test_trained_critic_from_registry_reproduces_training_net(pairwise_ckpt):
     from safetensors.torch import load_file
 
-    from milr.train_critic import RewardNet
+    from milr.critics.reward_net import RewardNet
 
     critic = CRITICS.build("trained", path=str(pairwise_ckpt))
     info = json.loads((pairwise_ckpt / "critic.json").read_text())
@@ -302,7 +303,7 @@ def test_identical_pairs_are_refused(tmp_path):
 
 
 def test_stall_and_swap_warnings():
-    from milr.train_critic import _check_stall
+    from milr.training.module import check_stall as _check_stall
 
     stalled = _check_stall("pairwise", [{"val_acc": 0.5}, {"val_acc": 0.505}])
     assert stalled and "0.693" in stalled[0]

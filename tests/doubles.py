@@ -82,18 +82,20 @@ class ScriptedSearch(Search):
 
 
 class ExitOnceCritic(BrightnessCritic):
-    """Brightness, but its process dies (``os._exit``, as a kill or an OOM would) the first time it scores
-    ``prompt``; ``marker`` is created first, so the retry, in a new process, scores normally."""
+    """Brightness, but its process dies (``os._exit``, as a kill or an OOM would) the first ``times`` times
+    it scores ``prompt``; each death adds a line to ``marker`` first, so later processes score normally."""
 
-    def __init__(self, marker: str, prompt: str, delay: float = 0.0):
+    def __init__(self, marker: str, prompt: str, times: int = 1, delay: float = 0.0):
         super().__init__(delay)
-        self.marker, self.prompt = marker, prompt
+        self.marker, self.prompt, self.times = marker, prompt, times
 
     def score(self, images: torch.Tensor, prompts: list[str], metadata: list[dict]) -> torch.Tensor:
         import os
 
-        if self.prompt in prompts and not os.path.exists(self.marker):
-            open(self.marker, "w").close()
+        deaths = open(self.marker).read().count("\n") if os.path.exists(self.marker) else 0
+        if self.prompt in prompts and deaths < self.times:
+            with open(self.marker, "a") as f:
+                f.write("died\n")
             os._exit(1)
         return super().score(images, prompts, metadata)
 

@@ -77,6 +77,21 @@ def test_a_killed_worker_is_replaced_and_its_prompt_retried(cluster, tmp_path):
     assert by_index(run_recipe(path, progress=False, log=lambda s: None)) == by_index(run_dir)
 
 
+def test_a_prompt_that_kills_every_worker_stops_the_run(cluster, tmp_path, monkeypatch):
+    from milr.executors import ray_executor
+
+    monkeypatch.setattr(ray_executor, "MAX_ATTEMPTS", 2)  # two deaths are enough to show the rule
+    path = ray_recipe(tmp_path, 1, prompts=PROMPTS[:2])
+    data = yaml.safe_load(path.read_text())
+    data["critics"] = [{"name": "doubles:ExitOnceCritic", "marker": str(tmp_path / "deaths"), "prompt": PROMPTS[1],
+                        "times": 5}]
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(RuntimeError, match="prompt 'p00001': its worker died 2 times"):
+        run_recipe(path, progress=False, log=lambda s: None)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert [r["id"] for r in RunRecord(run_dir).results()] == ["p00000"]  # the other prompt was kept
+
+
 def test_a_worker_that_cannot_build_stops_the_run_with_its_error(cluster, tmp_path):
     """A constructor's error is the component's, not a lost worker: raised as is, never retried."""
     path = ray_recipe(tmp_path, 1, prompts=PROMPTS[:2])

@@ -208,12 +208,12 @@ def run_ray(recipe: Any, record: Any, todo: list, total: int, log: Callable[[str
             except lost as e:
                 ray.kill(actors[i], no_restart=True)
                 actors[i] = None  # a fresh actor, with the model loaded again, takes its place
+                why = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
                 for t in tasks:
                     attempts[t.id] = attempts.get(t.id, 0) + 1
                     if attempts[t.id] >= MAX_ATTEMPTS:
-                        raise RuntimeError(f"prompt {t.id!r}: its worker died {attempts[t.id]} times "
-                                           f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); "
-                                           "the run stops, resume it with `milr run --resume`") from None
+                        raise RuntimeError(f"prompt {t.id!r}: its worker died {attempts[t.id]} times (last: {why}); "
+                                           "the run stops here, resume it with `milr run --resume RUN_DIR`") from None
                 queue.extendleft(reversed(tasks))
                 log(f"milr: worker {i} lost ({type(e).__name__}); {len(tasks)} prompt(s) go back to the queue")
                 submit(i)

@@ -366,3 +366,17 @@ def test_world_oracle_critic():
     assert r == [1.0, pytest.approx(0.5 * 3 / 4)]
     up = torch.nn.functional.interpolate(imgs, scale_factor=4, mode="nearest")
     assert cls().score(up, [md["prompt"]] * 2, [md, md]).tolist() == [1.0, 0.0]
+
+
+def test_the_world_is_data_not_a_model():
+    """milr.world (scenes, scorer, suite, data writers) loads without torch, the model package,
+    critics or training code: core and critics read world facts from it, never from a model."""
+    import subprocess
+    import sys
+
+    code = ("import sys, milr.world, milr.world.scorer, milr.world.suite, milr.world.data\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'\n"
+            "             or m.startswith(('milr.models', 'milr.critics', 'milr.training'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

@@ -7,7 +7,10 @@ A key is the sha256 of
   token ids when the caller passes them (a VQ decoder is deterministic, so equal tokens mean equal
   pixels);
 * the prompt and its metadata (JSON, sorted keys);
-* the critic's :meth:`~milr.interfaces.Critic.identity` (name, arguments, weights hash, version).
+* the critic's :meth:`~milr.interfaces.Critic.identity` (name, arguments, weights hash, version):
+  the arguments as :mod:`milr.factory` records them, defaults filled in, and for a critic that
+  judges with the MUG model (``self_judge``) the model's :meth:`~milr.interfaces.MUGModel.fingerprint`,
+  so two models with different weights never share an entry.
 
 Values live in memory and, optionally, in ``<cache_dir>/scores.jsonl``: one JSON line per score,
 appended with a single ``O_APPEND`` write under an advisory lock, so several processes can share

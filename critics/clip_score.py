@@ -22,6 +22,7 @@ from typing import Any, Literal, Optional, Union
 import torch
 import torch.nn.functional as F
 
+from milr.argtypes import PositiveInt
 from milr.devices import DType, open_clip_precision, torch_dtype
 from milr.hub import cached_file, hub_offline, module_fingerprint
 from milr.image_inputs import check_batch
@@ -265,7 +266,7 @@ class CLIPScore(Critic):
         arch: str = "ViT-B-32",
         pretrained: Optional[str] = None,
         variant: Literal["cosine", "clipscore"] = "cosine",
-        batch_size: int = 32,
+        batch_size: PositiveInt = 32,
         requires_grad: bool = False,
         device: str = "cpu",
         dtype: DType = "float32",

@@ -52,6 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from milr.argtypes import Fraction, PositiveInt
 from milr.critics.shipped import resolve_shipped, shipped
 from milr.geneval import Detection, GenEvalResult, evaluate
 from milr.devices import DType
@@ -291,7 +292,7 @@ class DetectorCritic(Critic):
         weights: Any,
         class_map: Union[str, Mapping[str, Optional[str]], None] = None,
         mode: Literal["binary", "partial"] = "binary",
-        partial_weight: float = 0.5,
+        partial_weight: Fraction = 0.5,
         colors: Literal["clip", "palette"] = "clip",
         clip_arch: str = "ViT-L-14",
         clip_pretrained: Optional[str] = "openai",
@@ -299,9 +300,9 @@ class DetectorCritic(Critic):
         background: Optional[Sequence[int]] = (255, 255, 255),
         color_names: Optional[Sequence[str]] = None,
         imgsz: Optional[int] = None,
-        conf: float = 0.25,
+        conf: Fraction = 0.25,
         iou: Optional[float] = None,
-        max_det: int = 300,
+        max_det: PositiveInt = 300,
         device: str = "cpu",
         agnostic_nms: Optional[bool] = None,
         calibration: Literal["card", "none"] = "card",

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from milr.argtypes import Fraction, PositiveInt
 from milr.critics.clip_score import _resolve_tag
 from milr.devices import torch_dtype
 from milr.hub import hub_offline, module_fingerprint
@@ -206,14 +207,14 @@ class GenEvalCritic(DetectorCritic):
         checkpoint: str = DEFAULT_CHECKPOINT,
         class_map: Union[Literal["geneval", "names"], Mapping[str, Optional[str]]] = "geneval",
         mode: Literal["binary", "partial"] = "binary",
-        partial_weight: float = 0.5,
+        partial_weight: Fraction = 0.5,
         colors: Literal["clip", "none"] = "clip",
         clip_arch: str = "ViT-L-14",
         clip_pretrained: Optional[str] = "openai",
         top_k: int = TOP_K,
         mask_threshold: float = MASK_THRESHOLD,
         test_scale: Optional[tuple[int, int]] = TEST_SCALE,
-        batch_size: int = 4,
+        batch_size: PositiveInt = 4,
         device: str = "cpu",
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     ):

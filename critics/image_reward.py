@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from milr.argtypes import PositiveInt
 from milr.devices import DType, dtype_name, torch_dtype
 from milr.hub import cached_file
 from milr.interfaces import Critic, given_arg
@@ -360,7 +361,7 @@ class ImageRewardCritic(Critic):
         tokenizer: str | None = None,
         device: str = "cpu",
         dtype: DType = "float32",
-        batch_size: int = 8,
+        batch_size: PositiveInt = 8,
         vision_heads: int | None = None,
         text_heads: int | None = None,
         warn_truncation: bool = True,

@@ -20,6 +20,7 @@ from typing import Literal, Optional
 import torch
 import torch.nn.functional as F
 
+from milr.argtypes import PositiveInt
 from milr.devices import torch_dtype
 from milr.hub import hub_offline, module_fingerprint
 from milr.image_inputs import check_batch
@@ -58,7 +59,7 @@ class T2IBlipVQA(Critic):
         checkpoint: str = DEFAULT_CHECKPOINT,
         chunker: str = "rules",
         image_size: int = IMAGE_SIZE,
-        batch_size: int = 16,
+        batch_size: PositiveInt = 16,
         device: str = "cpu",
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     ):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
+from milr.argtypes import PositiveInt
 from milr.critics.clip_score import CLIPScore
 from milr.registry import CRITICS
 
@@ -30,7 +31,7 @@ class T2ICLIPScore(CLIPScore):
         self,
         arch: str = "ViT-B-32",
         pretrained: Optional[str] = "openai",
-        batch_size: int = 32,
+        batch_size: PositiveInt = 32,
         device: str = "cpu",
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         cache_dir: Optional[str] = None,

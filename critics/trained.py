@@ -33,6 +33,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from milr.argtypes import PositiveInt
 from milr.cards import CriticCard
 from milr.critics.shipped import resolve_shipped, shipped, user_config_path
 from milr.interfaces import Critic, given_arg
@@ -110,7 +111,7 @@ class TrainedCritic(Critic):
         if path is not None:
             read_info(resolve_checkpoint(path))  # the folder and its critic.json, not the weights
 
-    def __init__(self, path: str, device: str = "cpu", batch_size: int = 256, requires_grad: bool = False):
+    def __init__(self, path: str, device: str = "cpu", batch_size: PositiveInt = 256, requires_grad: bool = False):
         import torch
 
         if int(batch_size) < 1:
@@ -203,7 +204,7 @@ class TrainedCritic(Critic):
 # Shipped critics trained on MiniMUG's world (weights in milr/critics/weights/)
 # ---------------------------------------------------------------------------------------------
 @CRITICS.register("world_pref")
-def world_pref(device: str = "cpu", batch_size: int = 256, requires_grad: bool = False) -> TrainedCritic:
+def world_pref(device: str = "cpu", batch_size: PositiveInt = 256, requires_grad: bool = False) -> TrainedCritic:
     """Preference reward model trained pairwise on MiniMUG world images (follows vs. near miss)."""
     c = TrainedCritic("world_pref", device=device, batch_size=batch_size, requires_grad=requires_grad)
     c.registry_name = "world_pref"
@@ -211,7 +212,7 @@ def world_pref(device: str = "cpu", batch_size: int = 256, requires_grad: bool =
 
 
 @CRITICS.register("world_clip")
-def world_clip(device: str = "cpu", batch_size: int = 256, requires_grad: bool = False) -> TrainedCritic:
+def world_clip(device: str = "cpu", batch_size: PositiveInt = 256, requires_grad: bool = False) -> TrainedCritic:
     """Tiny open_clip CLIP trained contrastively on MiniMUG world images and prompts (cosine score)."""
     c = TrainedCritic("world_clip", device=device, batch_size=batch_size, requires_grad=requires_grad)
     c.registry_name = "world_clip"

@@ -19,6 +19,7 @@ from typing import Literal, Mapping, Sequence
 
 import torch
 
+from milr.argtypes import PositiveInt
 from milr.critics.questions import YesNoJudge
 from milr.devices import DType, dtype_name, torch_dtype
 from milr.interfaces import given_arg
@@ -116,7 +117,7 @@ class VLMJudge(YesNoJudge):
         no_words: Sequence[str] = NO_WORDS,
         device: str = "cpu",
         dtype: DType = "float32",
-        batch_size: int = 8,
+        batch_size: PositiveInt = 8,
         trust_remote_code: bool = False,
     ):
         super().__init__(questions, combine, prompt_templates, clause_templates)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+from milr.argtypes import Fraction
 from milr.geneval import GenEvalResult
 from milr.interfaces import Critic
 from milr.registry import CRITICS
@@ -31,7 +32,7 @@ MODES = ("binary", "partial")
 class WorldOracle(Critic):
     """Exact GenEval-rule verdict on MiniMUG world images ``[B, 3, H, W]`` in [0, 1]."""
 
-    def __init__(self, mode: Literal["binary", "partial"] = "binary", partial_weight: float = 0.5):
+    def __init__(self, mode: Literal["binary", "partial"] = "binary", partial_weight: Fraction = 0.5):
         if mode not in MODES:
             raise ValueError(f"world_oracle mode must be one of {MODES}, got {mode!r}")
         if not 0.0 <= partial_weight <= 1.0:

@@ -290,7 +290,7 @@ def component_signature(obj: Any) -> tuple[dict[str, tuple[Any, Any]], bool]:
     fn = obj.__init__ if inspect.isclass(obj) else obj
     sig = inspect.signature(fn)
     try:
-        hints = typing.get_type_hints(fn)
+        hints = typing.get_type_hints(fn, include_extras=True)  # Annotated ranges (milr.argtypes) kept
     except Exception:  # unresolvable annotations: validate names only
         hints = {}
     fields: dict[str, tuple[Any, Any]] = {}

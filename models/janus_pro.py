@@ -115,7 +115,7 @@ class JanusImageContext:
         return len(self.prompts)
 
 
-@MODELS.register("janus-pro")
+@MODELS.register("janus_pro")
 class JanusPro(MUGModel):
     """Janus-Pro 1B/7B (or any ``JanusForConditionalGeneration`` checkpoint) as a MUG model.
 
@@ -697,7 +697,7 @@ def _resolve_source(model: str, revision: Optional[str]) -> str:
                 f"Janus checkpoint {model!r} is not in the local Hugging Face cache and the hub is offline "
                 "(HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE). Download it on a machine with network access, e.g. "
                 f"`hf download {model} --local-dir /path/to/{model.split('/')[-1]}`, then point the recipe at "
-                "it: `model: {name: janus-pro, checkpoint: /path/to/" + model.split("/")[-1] + "}`."
+                "it: `model: {name: janus_pro, checkpoint: /path/to/" + model.split("/")[-1] + "}`."
             )
     return model
 

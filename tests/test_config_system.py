@@ -134,7 +134,7 @@ def test_same_component_merges_arguments(tmp_path):
 def test_tags_are_presets_built_and_listed(capsys):
     assert SEARCHES.build("reinforce.faithful", steps=2).preset == "faithful"
     rc, out, _ = cli(capsys, "list", "models")
-    assert rc == 0 and "janus-pro.1b (checkpoint=deepseek-community/Janus-Pro-1B)" in out
+    assert rc == 0 and "janus_pro.1b (checkpoint=deepseek-community/Janus-Pro-1B)" in out
 
 
 # -- defaults written down: a manifest replays the same run after a default changes ---------------

@@ -61,7 +61,7 @@ def test_import_path_names_and_arch_tag():
 def test_builtin_indexes_declare_the_components():
     assert {"clip_score", "detector", "image_reward", "vlm_judge", "self_judge", "api_judge", "ensemble", "world_oracle"} <= set(CRITICS.names())
     assert {"reinforce", "best_of_n", "cma_es"} <= set(SEARCHES.names())
-    assert {"minimug", "janus-pro"} <= set(MODELS.names())
+    assert {"minimug", "janus_pro"} <= set(MODELS.names()) and MODELS.resolve_name("janus-pro") == "janus_pro"
     card = CRITICS.card("image_reward")
     assert card.max_text_tokens == 35 and card.higher_is_better
 
@@ -116,3 +116,16 @@ def test_index_yaml_errors_name_the_file_and_the_entry(tmp_path, card, message):
         _index(tmp_path, f"toy:\n  target: toy:Toy\n  card: {card}\n")
     with pytest.raises(CardIndexError, match=re.escape("critics/index.yaml: toy: expected target")):
         _index(tmp_path, "toy:\n  card: {summary: s}\n")
+
+
+def test_registry_names_are_snake_case():
+    """Components are code: critics, searches and models are named like their modules (snake_case);
+    tags are lower case after a dot (timm's arch.tag). Prompt suites are data sets named as published."""
+    import re
+
+    for registry in (CRITICS, SEARCHES, MODELS):
+        for name in (n for n in registry.names() if ":" not in n):  # not the import paths tests used
+            assert re.fullmatch(r"[a-z][a-z0-9_]*", name), f"{registry.kind} {name!r} is not snake_case"
+            for tag in registry.tags(name):
+                assert re.fullmatch(r"[a-z0-9][a-z0-9_]*", tag), f"{registry.kind} {name}.{tag}"
+

@@ -147,9 +147,9 @@ def test_janus_benchmark_recipes_pass_dry_run_without_loading_weights(recipe, n,
         if hasattr(cls, "preflight"):
             monkeypatch.setattr(cls, "preflight", classmethod(lambda c, args, n=spec.name: asked.append(n)))
     assert main(["run", recipe, "--dry-run"]) == 0
-    assert "janus-pro" in asked
+    assert "janus_pro" in asked
     out = capsys.readouterr().out
     assert f"# dry run: recipe valid; {n} prompts; nothing loaded" in out
     assert "# oracle: yes" in out and reason in out
-    assert r.model.name == "janus-pro" and r.run.device == "cuda"
+    assert r.model.name == "janus_pro" and r.run.device == "cuda"
     assert r.model.args["checkpoint"] == "deepseek-community/Janus-Pro-7B"  # the paper's model

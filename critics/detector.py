@@ -196,7 +196,7 @@ class ClipColorClassifier:
 
     def __init__(self, arch: str = "ViT-L-14", pretrained: Optional[str] = "openai",
                  colors: Sequence[str] = GENEVAL_COLORS, device: str = "cpu", dtype: DType = "float32"):
-        from milr.critics.clip_score import load_open_clip
+        from milr.open_clip_loading import load_open_clip
         from milr.hub import module_fingerprint
 
         self.colors = list(colors)
@@ -218,7 +218,7 @@ class ClipColorClassifier:
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray, det: Detection) -> str:
-        from milr.critics.clip_score import preprocess_tensor
+        from milr.open_clip_loading import preprocess_tensor
 
         crop = object_crop(image, det)
         x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float().div(255).unsqueeze(0)

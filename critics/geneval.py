@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from milr.argtypes import Fraction, PositiveInt
-from milr.critics.clip_score import _resolve_tag
+from milr.open_clip_loading import _resolve_tag
 from milr.devices import torch_dtype
 from milr.hub import hub_offline, module_fingerprint
 from milr.critics.detector import YOLO_COCO_TO_GENEVAL, ClipColorClassifier, DetectorCritic, MaskedDetection

@@ -154,7 +154,7 @@ class RewardNet(nn.Module):
             self.text_context = self.blip.max_tokens
             tdim = self.blip.out_dim
         elif self.backbone == "open_clip" or self.text_kind == "clip":
-            from milr.critics.clip_score import load_open_clip
+            from milr.open_clip_loading import load_open_clip
 
             # When restoring a checkpoint its weights are loaded afterwards: build the architecture only.
             pretrained = None if c.get("_restoring") else c.get("clip_pretrained")
@@ -206,7 +206,7 @@ class RewardNet(nn.Module):
                 images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
                                        align_corners=False, antialias=images.shape[-1] > self.image_size)
             return self.head(torch.cat([self.image(images, t), t], dim=-1)).squeeze(-1)
-        from milr.critics.clip_score import preprocess_tensor
+        from milr.open_clip_loading import preprocess_tensor
 
         i = self.clip.encode_image(preprocess_tensor(images, self.pp_cfg)).float()
         i, t = F.normalize(i, dim=-1), F.normalize(t, dim=-1)

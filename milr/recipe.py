@@ -11,7 +11,12 @@ arguments, written flat::
     run: {seed: 0, device: cpu, dtype: float32, output_dir: runs, budget: {critic_calls: 100}}
 
 ``extends: other.yaml`` merges another recipe underneath (dicts merge key by key, lists are
-replaced); command-line overrides are dotted (``search.steps=10``, ``critics.0.weight=2``).
+replaced); command-line overrides are dotted (``search.steps=10``, ``critics.0.weight=2``). Both
+follow one rule (:mod:`milr.config`, LightningCLI's): a component given another ``name`` drops the
+parent's arguments (``search: {name: best_of_n}`` in a child of a reinforce recipe, or
+``search.name=best_of_n``), and a prompt block that switches source (``prompts: {file: p.txt}``
+under a suite recipe) drops the old source. ``name.tag`` is a preset (``reinforce.faithful``).
+Every component's defaults are written into ``milr show`` and ``manifest.json``.
 
 Optional early stopping on disagreement (:class:`milr.diagnostics.Guard`)::
 

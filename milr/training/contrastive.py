@@ -26,7 +26,7 @@ from milr.training.module import CriticModule, InfoNCELoss, fit, load_best, seed
 
 def clip_from_config(m: dict) -> tuple[nn.Module, Any, dict, dict]:
     """Contrastive task: build the open_clip model to train; returns (model, tokenizer, pp_cfg, model_cfg)."""
-    from milr.critics.clip_score import load_open_clip
+    from milr.open_clip_loading import load_open_clip
 
     if m["clip_model"]:
         model, tok, pp = load_open_clip(m["clip_model"], m["clip_pretrained"])
@@ -70,7 +70,7 @@ def train_contrastive(cfg: dict, out: Path, resume: bool = False) -> Path:
     cal: dict = {}
     if data.val_rows:
         batch = data.batch(data.val_rows)
-        from milr.critics.clip_score import preprocess_tensor
+        from milr.open_clip_loading import preprocess_tensor
 
         with torch.no_grad():
             img = F.normalize(model.encode_image(preprocess_tensor(batch["image"], pp)).float(), dim=-1)

@@ -103,7 +103,7 @@ class InfoNCELoss:
         self.key = captions_key
 
     def __call__(self, net: nn.Module, batch: dict, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        from milr.critics.clip_score import preprocess_tensor
+        from milr.open_clip_loading import preprocess_tensor
 
         captions = batch[self.key]
         img = F.normalize(net.encode_image(preprocess_tensor(batch["image"], self.pp)), dim=-1)

@@ -1,17 +1,17 @@
 """``run.executor: ray``: one Ray actor per device, prompts handed out as workers free up.
 
 MILR's cost per prompt varies from one generation (passes at once) to twenty-one (all steps), so
-static shards leave devices idle; here the driver (the ``milr run`` process) keeps a queue of
-prompts and gives the next ``run.batch_prompts`` of them to whichever worker finishes first.
+static shards leave devices idle; here the prompts wait in one queue (a :class:`Feed` actor) and
+each worker pulls the next one whenever one of its ``run.batch_prompts`` batch slots frees up.
 
 - **One actor per device** (``run.workers`` actors with ``run.gpus_per_worker`` GPUs and
   ``run.cpus_per_worker`` CPUs each): it loads the model and critics once, then solves the prompts
-  it is sent with the runner's own per-prompt code (:func:`milr.runner.solve`), so a record does
-  not depend on the executor.
-- **The driver is the only writer** of the run folder: workers return each result line with its
-  images (``uint8`` tensors, exactly what the PNG stores) and the driver writes them with
-  :func:`milr.runner.write_result` under the folder's lock. A killed driver leaves the folder as a
-  killed local run does, and ``milr run --resume RUN_DIR`` continues it.
+  it pulls with the runner's own code (:func:`milr.runner.solve`, batched or not), so a record
+  does not depend on the executor or on which worker ran it.
+- **The driver is the only writer** of the run folder: each worker streams back every finished
+  prompt's record with its images (``uint8`` tensors, exactly what the PNG stores) and the driver
+  writes them with :func:`milr.runner.write_result` under the folder's lock. A killed driver leaves
+  the folder as a killed local run does, and ``milr run --resume RUN_DIR`` continues it.
 - **A lost worker** (process killed, out of memory, node gone) is replaced by a new actor and its
   unfinished prompts go back to the front of the queue; a prompt lost ``MAX_ATTEMPTS`` times stops
   the run with an error naming it. An exception raised by milr or a component (a critic's NaN, a
@@ -26,7 +26,7 @@ Reference: Ray actors and fault tolerance (docs.ray.io, "Actors", "Actor fault t
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from milr.errors import UserError
 
@@ -135,14 +135,52 @@ class Worker:
             # Ray reports an exception in a constructor as a dead actor, which the driver would retry.
             self.failed = e
 
-    def solve(self, tasks: list) -> list[tuple[Any, dict]]:
-        """Each task's :class:`~milr.run_record.PromptRecord` and images (uint8: what the PNG stores, a quarter
-        of the bytes), in finishing order."""
+    def solve(self, feed: Any, worker: int) -> Iterator[tuple[Any, dict]]:
+        """Pull prompts from ``feed`` as batch slots free up; yield each one's
+        :class:`~milr.run_record.PromptRecord` and images (uint8: what the PNG stores, a quarter of the bytes)
+        as it finishes (a Ray streaming generator)."""
+        import ray
+
         from milr.runner import solve
 
         if self.failed is not None:
             raise self.failed
-        return [(result, _to_uint8(images)) for result, images in solve(self.components, tasks)]
+
+        def pull() -> Iterator[Any]:
+            while (task := ray.get(feed.pull.remote(worker))) is not None:
+                yield task
+
+        for result, images in solve(self.components, pull()):
+            yield result, _to_uint8(images)
+
+
+class Feed:
+    """The run's queue of prompts (a Ray actor on the driver's node): workers pull, the driver confirms.
+
+    A prompt pulled by a worker and not yet written by the driver is that worker's; if the worker
+    dies, :meth:`give_back` returns them so the driver can queue them again.
+    """
+
+    def __init__(self, tasks: list):
+        self.queue = deque(tasks)
+        self.taken: dict[int, dict[str, Any]] = {}
+
+    def pull(self, worker: int) -> Any:
+        if not self.queue:
+            return None
+        task = self.queue.popleft()
+        self.taken.setdefault(worker, {})[task.id] = task
+        return task
+
+    def written(self, worker: int, task_id: str) -> None:
+        self.taken.get(worker, {}).pop(task_id, None)
+
+    def give_back(self, worker: int) -> list:
+        return sorted(self.taken.pop(worker, {}).values(), key=lambda t: t.index)
+
+    def requeue(self, tasks: list) -> int:
+        self.queue.extendleft(reversed(tasks))  # first in line: a retried prompt does not wait for the rest
+        return len(self.queue)
 
 
 def _to_uint8(images: dict) -> dict:
@@ -173,60 +211,57 @@ def run_ray(recipe: Any, record: Any, todo: list, total: int, log: Callable[[str
     here = ray.get_runtime_context().get_node_id()
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    # The ledger writes the spend files: it lives where the run folder is.
-    ledger = ray.remote(num_cpus=0)(SpendLedger).options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(str(record.dir))
+    on_driver = NodeAffinitySchedulingStrategy(here, soft=False)
+    ledger = ray.remote(num_cpus=0)(SpendLedger).options(scheduling_strategy=on_driver).remote(str(record.dir))
     worker_cls = ray.remote(num_cpus=run.cpus_per_worker, num_gpus=run.gpus_per_worker, max_restarts=0)(Worker)
     recipe_dict = recipe.to_dict()
 
-    queue = deque(todo)
+    # The feed hands out prompts; both it and the ledger live where the run folder is.
+    feed = ray.remote(num_cpus=0)(Feed).options(scheduling_strategy=on_driver).remote(todo)
     attempts: dict[str, int] = {}
-    inflight: dict[Any, tuple[int, list]] = {}
+    streams: dict[Any, int] = {}  # each worker's stream of results -> the worker's number
     actors: list[Any] = [None] * min(run.workers, len(todo))
     done_n = total - len(todo)
-    chunk = max(1, run.batch_prompts)
 
-    def submit(i: int) -> None:
-        if not queue:
-            return
-        if actors[i] is None:
-            actors[i] = worker_cls.remote(recipe_dict, ledger)
-        tasks = [queue.popleft() for _ in range(min(chunk, len(queue)))]
-        inflight[actors[i].solve.remote(tasks)] = (i, tasks)
+    def start(i: int) -> None:
+        actors[i] = worker_cls.remote(recipe_dict, ledger)  # loads the model and critics once
+        streams[actors[i].solve.remote(feed, i)] = i
 
     try:
         for i in range(len(actors)):
-            submit(i)
-        while inflight:
-            ready, _ = ray.wait(list(inflight), num_returns=1)
-            i, tasks = inflight.pop(ready[0])
+            start(i)
+        while streams:
+            ready, _ = ray.wait(list(streams), num_returns=1)
+            i = streams[ready[0]]
             try:
-                out = ray.get(ready[0])
+                result, images = ray.get(next(ready[0]))
+            except StopIteration:  # the queue was empty when this worker asked
+                del streams[ready[0]]
+                continue
             except RayTaskError as e:  # milr or a component raised: the same error a local run stops with
                 cause = getattr(e, "cause", None)
                 raise (cause if isinstance(cause, BaseException) else e) from None
             except lost as e:
+                del streams[ready[0]]
                 ray.kill(actors[i], no_restart=True)
-                actors[i] = None  # a fresh actor, with the model loaded again, takes its place
+                tasks = ray.get(feed.give_back.remote(i))
                 why = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
                 for t in tasks:
                     attempts[t.id] = attempts.get(t.id, 0) + 1
                     if attempts[t.id] >= MAX_ATTEMPTS:
                         raise RuntimeError(f"prompt {t.id!r}: its worker died {attempts[t.id]} times (last: {why}); "
                                            "the run stops here, resume it with `milr run --resume RUN_DIR`") from None
-                queue.extendleft(reversed(tasks))
+                ray.get(feed.requeue.remote(tasks))
                 log(f"milr: worker {i} lost ({type(e).__name__}); {len(tasks)} prompt(s) go back to the queue")
-                submit(i)
+                start(i)  # a fresh actor takes its place
                 continue
-            for result, images in out:
-                write_result(record, result, _to_float(images))
-                done_n += 1
-                if progress_lines:
-                    log(f"milr: [{done_n}/{total}] {result.id}: reward {result.initial.reward:.4g} -> "
-                        f"{result.final.reward:.4g}, {result.steps} steps, {result.seconds:.1f} s, worker {i}")
-            submit(i)
+            write_result(record, result, _to_float(images))
+            feed.written.remote(i, result.id)
+            done_n += 1
+            if progress_lines:
+                log(f"milr: [{done_n}/{total}] {result.id}: reward {result.initial.reward:.4g} -> "
+                    f"{result.final.reward:.4g}, {result.steps} steps, {result.seconds:.1f} s, worker {i}")
     finally:
-        for a in actors:
+        for a in [*actors, feed, ledger]:
             if a is not None:
                 ray.kill(a, no_restart=True)
-        ray.kill(ledger, no_restart=True)

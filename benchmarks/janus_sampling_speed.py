@@ -13,15 +13,16 @@ Columns:
 * ``adapter``: ``image_context`` (prefill of both CFG rows) plus ``sample_image`` without hidden
   states -- the same work as ``generate``. ``ratio`` = generate / adapter (>= 1: adapter as fast).
 * ``reuse``: ``sample_image`` alone, the prompt prefix encoded once and reused, as a search calls it
-  every step; ``+hidden`` also records the [R, N, 2, H] states MILR needs.
+  every step (key/values in the adapter's preallocated buffer, its default); ``dynamic``: the same
+  on transformers' ``DynamicCache``; ``+hidden`` also records the [R, N, 2, H] states MILR needs.
 
 Memory: generate() and the adapter also run in their own subprocesses (load only what they need,
 one warm-up call, one measured call); ``peak RSS`` is that process's ``ru_maxrss`` (weights,
 libraries and all) and ``growth`` the largest rise of its RSS during the measured call (sampled
 every 0.5 ms). With ``--device cuda``, ``torch.cuda.max_memory_allocated`` of the measured call.
 
-    nice -n 15 python benchmarks/janus_sampling_speed.py                 # tiny: 4x4 = 16 tokens
-    nice -n 15 python benchmarks/janus_sampling_speed.py --grid 24       # 576 tokens, as Janus-Pro
+    nice -n 15 python benchmarks/janus_sampling_speed.py                         # tiny: 4x4 = 16 tokens
+    nice -n 15 python benchmarks/janus_sampling_speed.py --shape small-576       # 576 tokens, as Janus-Pro
 """
 
 from __future__ import annotations
@@ -40,28 +41,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red cube", "a blue dog", "a green cat", "a red dog"]  # equal token lengths: no padding
-METHODS = ("generate", "adapter", "reuse", "hidden")
+METHODS = ("generate", "adapter", "reuse", "dynamic", "hidden")
 
 
-def build_checkpoint(folder: Path, grid: int) -> None:
-    """The test suite's tiny Janus, with a ``grid x grid`` image-token grid (16 px per token)."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    import test_janus_pro as t  # the tiny config, tokenizer and processor used by the tests
+def build_checkpoint(folder: Path, shape: str) -> None:
+    """A random Janus of a named shape (``benchmarks/janus_random.py``: ``tiny`` is the tests' model)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from janus_random import save_random_janus
 
-    base = t.tiny_config
-
-    def config():
-        c = base()
-        c.vision_config.image_size = 16 * grid
-        c.vision_config.num_image_tokens = grid * grid
-        c.vq_config.num_patches = grid
-        return c
-
-    t.tiny_config = config
-    try:
-        t.save_tiny_janus(folder)
-    finally:
-        t.tiny_config = base
+    save_random_janus(shape, folder)
 
 
 def make_methods(ckpt: str, device: str, batch: int, samples: int, only: tuple[str, ...] = METHODS) -> dict:
@@ -100,6 +88,15 @@ def make_methods(ckpt: str, device: str, batch: int, samples: int, only: tuple[s
         methods["adapter"] = timed(
             lambda: janus.sample_image(janus.image_context(state), num_samples=samples, return_hidden=False).tokens)
         methods["reuse"] = timed(lambda: janus.sample_image(ctx, num_samples=samples, return_hidden=False).tokens)
+
+        def dynamic():  # the same call on transformers' DynamicCache (torch.cat every token)
+            janus.kv_cache = "dynamic"
+            try:
+                return janus.sample_image(ctx, num_samples=samples, return_hidden=False).tokens
+            finally:
+                janus.kv_cache = "static"
+
+        methods["dynamic"] = timed(dynamic)
         methods["hidden"] = timed(lambda: janus.sample_image(ctx, num_samples=samples, return_hidden=True).tokens)
     return {m: f for m, f in methods.items() if m in only}
 
@@ -142,7 +139,7 @@ def memory_worker(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--grid", type=int, default=4, help="image tokens per side (4: the tests' tiny config; 24: 576)")
+    ap.add_argument("--shape", default="tiny", help="a benchmarks/janus_random.py shape (tiny: 16 tokens; small-576)")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
@@ -170,11 +167,12 @@ def main() -> None:
         shapes.append((b, n))
 
     with tempfile.TemporaryDirectory() as tmp:
-        build_checkpoint(Path(tmp), args.grid)
-        print(f"tiny Janus, {args.grid * args.grid} image tokens, CFG 5, T 1, {args.device}, {args.threads} thread(s); "
+        build_checkpoint(Path(tmp), args.shape)
+        print(f"random Janus '{args.shape}', CFG 5, T 1, {args.device}, {args.threads} thread(s); "
               f"fastest of {args.rounds} interleaved rounds")
         header = (f"{'prompts x samples':>17} | {'generate ms':>11} | {'adapter ms':>10} | {'ratio':>5} | "
-                  f"{'reuse ms':>8} | {'+hidden ms':>10} | {'parity':>6} | peak RSS MB gen / adapter (growth)")
+                  f"{'reuse ms':>8} | {'dynamic ms':>10} | {'+hidden ms':>10} | {'parity':>6} | "
+                  "peak RSS MB gen / adapter (growth)")
         print(header)
         print("-" * len(header))
         for b, n in shapes:
@@ -204,7 +202,8 @@ def main() -> None:
             if g["cuda_peak_mb"] is not None:
                 mem_s += f"; CUDA peak {g['cuda_peak_mb']:.1f} / {a['cuda_peak_mb']:.1f}"
             print(f"{f'{b} x {n}':>17} | {best['generate']:11.1f} | {best['adapter']:10.1f} | "
-                  f"{best['generate'] / best['adapter']:5.2f} | {best['reuse']:8.1f} | {best['hidden']:10.1f} | "
+                  f"{best['generate'] / best['adapter']:5.2f} | {best['reuse']:8.1f} | {best['dynamic']:10.1f} | "
+                  f"{best['hidden']:10.1f} | "
                   f"{'yes' if parity else 'NO':>6} | {mem_s}")
             if args.json:
                 med = {m: statistics.median(v) * 1e3 for m, v in times.items()}

@@ -50,6 +50,19 @@ def open_clip_precision(dtype: Any) -> str:
     return _OPEN_CLIP[name]
 
 
+def check_device(name: str, gpu_indices: bool = False) -> str:
+    """``name`` if it is a device a config may name (``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``auto``;
+    with ``gpu_indices``, ultralytics' names: ``auto`` is not one, GPU indices ``0,1`` are), else
+    ValueError saying what is allowed."""
+    import re
+
+    pattern, allowed = r"cpu|cuda(:\d+)?|mps", "cpu, cuda, cuda:N, mps"
+    pattern, allowed = (pattern + r"|\d+(,\d+)*", allowed + " or GPU indices such as 0,1") if gpu_indices else (pattern + "|auto", allowed + ", auto")
+    if not re.fullmatch(pattern, str(name)):
+        raise ValueError(f"found {name!r}; allowed: {allowed}")
+    return name
+
+
 def resolve_device(device: Optional[str], check: bool = False) -> str:
     """``auto`` (or ``None``) -> ``cuda`` when available, else ``cpu``; any other value as given.
 
@@ -67,4 +80,4 @@ def resolve_device(device: Optional[str], check: bool = False) -> str:
     return str(dev)
 
 
-__all__ = ["DType", "dtype_name", "torch_dtype", "open_clip_precision", "resolve_device"]
+__all__ = ["DType", "dtype_name", "torch_dtype", "open_clip_precision", "check_device", "resolve_device"]

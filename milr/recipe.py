@@ -188,9 +188,9 @@ class RunSpec(_Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps|auto", v):
-            raise ValueError(f"found {v!r}; allowed: cpu, cuda, cuda:N, mps, auto")
-        return v
+        from milr.devices import check_device
+
+        return check_device(v)
 
 
 class GuardSpec(_Strict):

@@ -102,11 +102,9 @@ class DetectorTrain(_Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        import re
+        from milr.devices import check_device
 
-        if not re.fullmatch(r"cpu|mps|cuda|cuda:\d+|\d+(,\d+)*", v):
-            raise ValueError(f"found {v!r}; expected cpu, mps, cuda, cuda:N or GPU indices such as 0,1")
-        return v
+        return check_device(v, gpu_indices=True)
     threads: Optional[int] = Field(None, ge=1, le=256)
 
 

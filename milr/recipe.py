@@ -37,8 +37,6 @@ Every error names the file, the key path, what was found and what is allowed.
 
 from __future__ import annotations
 
-import copy
-import difflib
 import inspect
 import math
 import os
@@ -263,26 +261,11 @@ def load_recipe(ref: str | Path | dict, overrides: list[str] | tuple[str, ...] =
 # ---------------------------------------------------------------------------------------------
 # Validation
 # ---------------------------------------------------------------------------------------------
-_describe = describe  # the name other modules imported
-
-
-def _allowed_keys() -> dict[str, list[str]]:
-    keys: dict[str, list[str]] = {"": list(Recipe.model_fields)}
-    keys[""].remove("source")
-    keys["prompts"] = list(PromptsSpec.model_fields)
-    keys["run"] = list(RunSpec.model_fields)
-    keys["run.budget"] = list(BudgetSpec.model_fields)
-    keys["guard"] = list(GuardSpec.model_fields)
-    return keys
-
-
 def validate(data: dict, file: str | None = None) -> Recipe:
-    try:
-        return Recipe.model_validate(data)
-    except ValidationError as e:
-        allowed = _allowed_keys()
-        errors = [RecipeError(file, *_describe(err, allowed)) for err in e.errors()]
-        raise (errors[0] if len(errors) == 1 else RecipeErrors(errors)) from None
+    """The recipe's structure (pydantic), every problem one line naming its key path."""
+    from milr.config import validate_schema
+
+    return validate_schema(Recipe, data, file)
 
 
 # Constructor parameters the runner provides itself, never given in a recipe (device and dtype
@@ -354,11 +337,9 @@ def validate_component_args(registry: Registry, spec: ComponentSpec, path: str, 
     except ValidationError as e:
         out = []
         for err in e.errors():
-            loc, problem = _describe(err, {"": list(fields)})
+            loc, problem = describe(err, {"": list(fields)})
             if err["type"] == "extra_forbidden":
-                key = loc
-                close = difflib.get_close_matches(key, list(fields), n=2, cutoff=0.5)
-                hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+                hint = did_you_mean(loc, list(fields))
                 problem = f"unknown argument of {registry.kind} {spec.name!r}{hint} (allowed: {', '.join(fields) or 'none'})"
             out.append(RecipeError(file, f"{path}.{loc}", problem))
         return out

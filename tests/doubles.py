@@ -110,3 +110,15 @@ def write_tiny_clip_config(path: Path, image_size: int = 32) -> Path:
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
     }))
     return path
+
+
+def run_with_trained_critic(folder: Path, tmp_path: Path, prompt: str) -> dict:
+    """The result line of a two-sample best-of-n run on ToyMUG searched with the trained critic in ``folder``."""
+    from milr.records import RunRecord
+    from milr.runner import run_recipe
+
+    run_dir = run_recipe({"model": {"name": "toy_mug:ToyMUG"}, "critics": [{"name": "trained", "path": str(folder)}],
+                          "search": {"name": "best_of_n", "n": 2}, "prompts": {"inline": [prompt]},
+                          "run": {"output_dir": str(tmp_path / "runs")}}, progress=False, log=lambda s: None)
+    (result,) = RunRecord(run_dir).results()
+    return result

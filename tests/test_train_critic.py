@@ -245,15 +245,11 @@ def test_contrastive_smoke_recipe_folder_loads_in_clip_score(tmp_path):
 
 
 def test_pairwise_smoke_recipe_then_runner(tmp_path):
-    from milr.records import RunRecord
-    from milr.runner import run_recipe
+    from doubles import run_with_trained_critic
 
     out = train_critic("train-world-pref-smoke", [f"output={tmp_path / 'pref'}"])
     assert json.loads((out / "critic.json").read_text())["card"]["extra"]["training_data"]["val_examples"] == 8
-    run_dir = run_recipe({"model": {"name": "toy_mug:ToyMUG"}, "critics": [{"name": "trained", "path": str(out)}],
-                          "search": {"name": "best_of_n", "n": 2}, "prompts": {"inline": ["a photo of three crosses"]},
-                          "run": {"output_dir": str(tmp_path / "runs")}}, progress=False, log=lambda s: None)
-    (res,) = RunRecord(run_dir).results()
+    res = run_with_trained_critic(out, tmp_path, "a photo of three crosses")
     assert res["final"]["scores"]["trained"] == pytest.approx(res["final"]["reward"])
 
 

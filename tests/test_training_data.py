@@ -90,8 +90,7 @@ def _make(fmt, pairs, tmp_path):
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet", "folder", "hf", "ranked"])
 def test_each_format_trains_a_critic_used_from_a_recipe(fmt, pairs, tmp_path):
-    from milr.records import RunRecord
-    from milr.runner import run_recipe
+    from doubles import run_with_trained_critic
 
     if fmt == "parquet":
         pytest.importorskip("pyarrow")
@@ -106,10 +105,7 @@ def test_each_format_trains_a_critic_used_from_a_recipe(fmt, pairs, tmp_path):
         assert summary["with_margin"] == summary["train_examples"]  # every row carries its margin
     if fmt == "hf":
         assert info["card"]["extra"]["test"]["n_pairs"] == 4  # the DatasetDict's test split, kept checkpoint
-    run_dir = run_recipe({"model": {"name": "toy_mug:ToyMUG"}, "critics": [{"name": "trained", "path": str(out)}],
-                          "search": {"name": "best_of_n", "n": 2}, "prompts": {"inline": ["a photo of a red circle"]},
-                          "run": {"output_dir": str(tmp_path / "runs")}}, progress=False, log=lambda s: None)
-    (res,) = RunRecord(run_dir).results()
+    res = run_with_trained_critic(out, tmp_path, "a photo of a red circle")
     assert res["final"]["scores"]["trained"] == pytest.approx(res["final"]["reward"])
 
 

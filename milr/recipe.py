@@ -461,8 +461,7 @@ def check_recipe_components(recipe: Recipe) -> None:
                     file, f"critics.{i}.name",
                     f"critic {c.name!r} needs prompt metadata {list(card.needs_metadata)}, but prompts.inline gives plain strings; "
                     "give inline items as {prompt: ..., metadata: {...}} or use a suite"))
-    if errors:
-        raise errors[0] if len(errors) == 1 else RecipeErrors(errors)
+    raise_all(errors)
 
 
 def _message(e: BaseException) -> str:
@@ -514,8 +513,7 @@ def preflight(recipe: Recipe) -> list:
         if importlib.util.find_spec("ray") is None:
             errors.append(RecipeError(file, "run.executor", "ray is not installed; pip install 'milr[ray]' "
                                       "(or run without it: executor: local, or milr run --shard K/N)"))
-    if errors:
-        raise errors[0] if len(errors) == 1 else RecipeErrors(errors)
+    raise_all(errors)
     return tasks
 
 

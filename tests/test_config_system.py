@@ -63,6 +63,15 @@ def test_why_failures_are_one_line_before_any_folder(tmp_path, capsys, overrides
     assert not out.exists()
 
 
+def test_compare_checks_overrides_and_search_specs_before_any_folder(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    for extra in (["--searches", "reinforce.faithfull(steps=2)"], ["--searches", "best_of_n", "search.stepz=1"],
+                  ["--searches", "best_of_n(n=two)"]):
+        rc, _, lines = cli(capsys, "compare", "quickstart", *extra, "--out", str(out))
+        one_line_error(rc, lines, "search")
+    assert not out.exists()
+
+
 def test_unknown_tag_has_did_you_mean(capsys):
     rc, _, lines = cli(capsys, "show", "quickstart", "search.name=reinforce.faithfull")
     line = one_line_error(rc, lines, "search.name")

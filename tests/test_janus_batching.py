@@ -229,3 +229,40 @@ def test_loading_recipes_imports_no_heavy_library(tmp_path):
     # wise_judge (and the api_judge it builds on) and world_oracle are the recipes' critics.
     assert set(critics) <= {"milr.critics.wise_judge", "milr.critics.api_judge", "milr.critics.questions",
                                   "milr.critics.shipped", "milr.critics.world_oracle"}
+
+
+def test_milr_run_batched_across_prompts_equals_one_by_one(tiny_path, tmp_path, monkeypatch):
+    """A recipe run with run.batch_prompts: 2 (the runner merges the prompts' Janus calls through
+    merge_rows / split_rows) gives each prompt the record it gets alone."""
+    import yaml
+
+    from milr.records import RunRecord
+    from milr.runner import run_recipe
+
+    def run(batch: int) -> dict:
+        data = {
+            "model": {"name": "janus_pro", "checkpoint": str(tiny_path), "max_text_tokens": 5},
+            "critics": [{"name": "self_judge", "questions": "prompt"}],
+            "search": {"name": "reinforce", "mode": "both", "steps": 2, "text_fraction": 0.4, "image_fraction": 0.1},
+            "prompts": {"inline": PROMPTS},
+            "run": {"seed": 0, "device": "cpu", "dtype": "float32", "batch_prompts": batch,
+                    "output_dir": str(tmp_path / f"runs{batch}")},
+        }
+        path = tmp_path / f"janus-b{batch}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return {r["prompt"]: r for r in RunRecord(run_recipe(path, progress=False)).results()}
+
+    merged = []
+    merge = JanusPro.merge_rows
+    monkeypatch.setattr(JanusPro, "merge_rows", lambda self, parts: merged.append(len(parts)) or merge(self, parts))
+    alone = run(1)
+    assert merged == []
+    together = run(2)
+    assert merged and max(merged) == 2  # the runner did merge the two prompts' Janus calls
+    assert set(alone) == set(together) == set(PROMPTS)
+    for p in PROMPTS:
+        a, b = alone[p], together[p]
+        assert a["budget"]["text_tokens"] == b["budget"]["text_tokens"] > 0
+        assert a["budget"]["image_tokens"] == b["budget"]["image_tokens"] > 0
+        assert a["initial"]["text"] == b["initial"]["text"] and a["steps"] == b["steps"]
+        assert a["final"]["reward"] == pytest.approx(b["final"]["reward"], abs=1e-5)

@@ -1,7 +1,7 @@
 """Ray executor scaling: 2 workers against 1 on a generate-heavy MiniMUG suite, side by side in one run.
 
     python benchmarks/ray_scaling.py                 # the 300 MiniMUG world test prompts, search generate
-    python benchmarks/ray_scaling.py --prompts 300 --workers 4
+    python benchmarks/ray_scaling.py --prompts 100 --workers 4 --gpus 1   # 4 GPU workers vs 1
 
 One Ray cluster (``--workers`` CPUs, or GPUs with ``--gpus``) hosts both runs; each worker runs on
 one thread (MiniMUG's tiny matrices run fastest so). Printed per run: wall seconds, the start-up

@@ -113,8 +113,10 @@ def _read_shard(run_dir: Path) -> tuple[dict, list[dict]]:
     return manifest, results
 
 
-# Where and how a shard runs, not what it computes: these may differ between the shards of one run.
-_PLACEMENT = ("name", "output_dir", "device", "threads", "executor", "workers", "gpus_per_worker", "cpus_per_worker")
+# Where and how a shard runs, not what it computes (records do not depend on them): these may
+# differ between the shards of one run.
+_PLACEMENT = ("name", "output_dir", "cache_dir", "device", "threads", "batch_prompts", "executor", "workers",
+              "gpus_per_worker", "cpus_per_worker")
 
 
 def _what(recipe: dict) -> dict:

@@ -29,7 +29,7 @@ def recipe(prompts: int, workers: int, out: str, gpus: float) -> dict:
         "critics": [{"name": "world_oracle", "mode": "binary"}],
         "search": {"name": "generate"},
         "prompts": {"suite": "minimug-world", "split": "test", "limit": prompts},
-        "run": {"seed": 0, "device": "cpu", "threads": 1, "output_dir": out, "name": f"ray-{workers}",
+        "run": {"seed": 0, "device": "cuda" if gpus else "cpu", "threads": 1, "output_dir": out, "name": f"ray-{workers}",
                 "executor": "ray", "workers": workers, "cpus_per_worker": 1, "gpus_per_worker": gpus},
     }
 

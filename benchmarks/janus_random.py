@@ -233,6 +233,10 @@ def print_roofline(shape: str) -> None:
         p = project_geneval(r["step_ms"], r["batch"], r["image_tokens"], decode_ms=r["vq_gflop"] * 1e9 / BF16_FLOPS * 1e3)
         print(f"| {r['batch']} ({r['rows']}) | {r['weight_gb']:.2f} | {r['kv_gb']:.2f} | {r['tflop']:.3f} | "
               f"{r['byte_ms']:.2f} | {r['flop_ms']:.2f} | {r['step_ms']:.2f} | {p['seconds'] / 3600:.2f} h |")
+    # DynamicCache's torch.cat reads and writes the whole cache at every token: 2 x KV bytes more.
+    dyn = ", ".join(f"{r['batch']} prompts {(r['weight_gb'] + 3 * r['kv_gb']) * 1e9 / HBM_BYTES_PER_S * 1e3:.2f}"
+                    for r in rows)
+    print(f"with DynamicCache instead of the buffer (+ 2 x KV GB copied per step), floor ms/step: {dyn}")
     p = project_geneval(1.0, 1, r0["image_tokens"])
     print(f"GenEval MILR-20: {p['runs']} runs x {images_per_run():.1f} images (upper bound: 1 + (1 - {FIRST_PASS}) x "
           f"{MILR_STEPS}) = {p['images']:.0f} images; per image {p['steps_per_image']:.0f} steps "

@@ -287,8 +287,8 @@ def component_signature(obj: Any) -> tuple[dict[str, tuple[Any, Any]], bool]:
         if p.kind is p.VAR_KEYWORD:
             var_kw = True
             continue
-        if p.kind is p.VAR_POSITIONAL or p.name in _INJECTED:
-            continue
+        if p.kind is p.VAR_POSITIONAL or p.name in _INJECTED or p.name.startswith("_"):
+            continue  # the run's own objects, and private keywords a recipe never sets
         ann = hints.get(p.name, Any)
         default = ... if p.default is inspect.Parameter.empty else p.default
         fields[p.name] = (ann, default)

@@ -46,13 +46,10 @@ def local_run(tmp_path_factory):
 def test_one_and_two_workers_give_the_local_records(cluster, local_run, tmp_path):
     want = by_index(local_run)
     for workers, batch in ((1, 1), (2, 3)):  # 2 workers also batch 3 prompts each, refilled from the queue
-        logged = []
+        # (which worker pulls which prompt is timing: under load the first one up may take them all)
         run_dir = run_recipe(ray_recipe(tmp_path / str(workers), workers, prompts=PROMPTS[:6], batch_prompts=batch),
-                             log=logged.append)
+                             progress=False, log=lambda s: None)
         assert by_index(run_dir) == want, f"{workers} worker(s)"
-        lines = [line for line in logged if line.startswith("milr: [")]
-        assert len(lines) == 6  # one progress line per prompt, written by the driver
-        # (which worker pulled which prompt is timing: under load the first one up may take them all)
         for r in RunRecord(run_dir).results():
             assert (run_dir / r["images"]["final"]).is_file()
 

@@ -355,9 +355,10 @@ def run_recipe(
     todo = [t for t in tasks if t.id not in done]
     log(f"milr: run folder {record.dir} ({len(todo)} of {len(tasks)} prompts to do)")
     if recipe.run.executor == "ray":  # workers build the components and solve; this process writes
-        from milr.executors.ray_executor import run_ray
+        from milr.executors.ray_executor import RunnerSeam, run_ray
 
-        run_ray(recipe, record, todo, len(tasks), log, progress_lines=progress is None and not sys.stderr.isatty())
+        run_ray(recipe, record, todo, len(tasks), RunnerSeam(build_components, solve, write_result, each_critic), log,
+                progress_lines=progress is None and not sys.stderr.isatty())
         todo = []
     if not todo:
         log(record.write_summary())

@@ -26,7 +26,7 @@ Reference: Ray actors and fault tolerance (docs.ray.io, "Actors", "Actor fault t
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 from milr.errors import UserError
 
@@ -103,10 +103,18 @@ class _LedgerProxy:
         return ray.get(self.handle.charge.remote(self.key, *args))
 
 
-def share_spend(critics: list, ledger: Any) -> None:
-    """Point every critic that spends money (``share_spend``) at the run's ledger, through wrappers and ensembles."""
-    from milr.runner import each_critic
+class RunnerSeam(NamedTuple):
+    """The runner's per-prompt code the executor runs: passed in by :func:`milr.runner.run_recipe` (module-level
+    functions, which Ray sends to the workers by reference), so this module never imports the runner that calls it."""
 
+    build_components: Callable
+    solve: Callable
+    write_result: Callable
+    each_critic: Callable
+
+
+def share_spend(critics: list, ledger: Any, each_critic: Callable) -> None:
+    """Point every critic that spends money (``share_spend``) at the run's ledger, through wrappers and ensembles."""
     for c in each_critic(critics):
         if callable(getattr(type(c), "share_spend", None)):
             c.share_spend(lambda key: _LedgerProxy(ledger, key))
@@ -115,22 +123,22 @@ def share_spend(critics: list, ledger: Any) -> None:
 class Worker:
     """One device's share of the run: the model and critics, built once (a Ray actor)."""
 
-    def __init__(self, recipe: dict, ledger: Any):
+    def __init__(self, recipe: dict, ledger: Any, seam: RunnerSeam):
         import torch
 
         from milr.factory import resolve_device
         from milr.recipe import load_recipe
-        from milr.runner import build_components
 
+        self.seam = seam
         self.failed: BaseException | None = None
         try:
             self.recipe = load_recipe(recipe)
             run = self.recipe.run
             # Ray gives an actor its CPUs as a number, not as threads: use them, as run.threads does locally.
             torch.set_num_threads(run.threads or max(1, int(run.cpus_per_worker)))
-            self.components = build_components(self.recipe, resolve_device(run.device))
+            self.components = seam.build_components(self.recipe, resolve_device(run.device))
             c = self.components
-            share_spend([c.critic, *c.members.values(), *c.evals.values()], ledger)
+            share_spend([c.critic, *c.members.values(), *c.evals.values()], ledger, seam.each_critic)
         except Exception as e:  # noqa: BLE001 - raised again by solve(), so the driver stops with this error
             # Ray reports an exception in a constructor as a dead actor, which the driver would retry.
             self.failed = e
@@ -141,8 +149,6 @@ class Worker:
         as it finishes (a Ray streaming generator)."""
         import ray
 
-        from milr.runner import solve
-
         if self.failed is not None:
             raise self.failed
 
@@ -150,7 +156,7 @@ class Worker:
             while (task := ray.get(feed.pull.remote(worker))) is not None:
                 yield task
 
-        for result, images in solve(self.components, pull()):
+        for result, images in self.seam.solve(self.components, pull()):
             yield result, _to_uint8(images)
 
 
@@ -196,14 +202,12 @@ def _to_float(images: dict) -> dict:
             "steps": [(step, t.float() / 255) for step, t in images["steps"]]}
 
 
-def run_ray(recipe: Any, record: Any, todo: list, total: int, log: Callable[[str], None] = lambda s: None,
-            progress_lines: bool = True) -> None:
+def run_ray(recipe: Any, record: Any, todo: list, total: int, seam: RunnerSeam,
+            log: Callable[[str], None] = lambda s: None, progress_lines: bool = True) -> None:
     """Solve ``todo`` on ``recipe.run.workers`` Ray actors; the results go to ``record`` as they come."""
     import ray
     from ray.exceptions import (ActorUnavailableError, ObjectLostError, OutOfMemoryError, OwnerDiedError,
                                 RayActorError, RayTaskError, WorkerCrashedError)
-
-    from milr.runner import write_result
 
     lost = (RayActorError, ActorUnavailableError, WorkerCrashedError, OutOfMemoryError, ObjectLostError, OwnerDiedError)
     run = recipe.run
@@ -224,7 +228,7 @@ def run_ray(recipe: Any, record: Any, todo: list, total: int, log: Callable[[str
     done_n = total - len(todo)
 
     def start(i: int) -> None:
-        actors[i] = worker_cls.remote(recipe_dict, ledger)  # loads the model and critics once
+        actors[i] = worker_cls.remote(recipe_dict, ledger, seam)  # loads the model and critics once
         streams[actors[i].solve.remote(feed, i)] = i
 
     try:
@@ -255,7 +259,7 @@ def run_ray(recipe: Any, record: Any, todo: list, total: int, log: Callable[[str
                 log(f"milr: worker {i} lost ({type(e).__name__}); {len(tasks)} prompt(s) go back to the queue")
                 start(i)  # a fresh actor takes its place
                 continue
-            write_result(record, result, _to_float(images))
+            seam.write_result(record, result, _to_float(images))
             feed.written.remote(i, result.id)
             done_n += 1
             if progress_lines:

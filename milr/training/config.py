@@ -92,7 +92,7 @@ class TrainSpec(_Strict):
     monitor: str = "val_loss"
     min_delta: float = 0.0
     devices: Union[int, str, list[int]] = 1
-    accelerator: str = "cpu"  # cpu | gpu | cuda | mps | auto (Lightning's names)
+    accelerator: Literal["cpu", "gpu", "cuda", "mps", "tpu", "auto"] = "cpu"  # Lightning's names
     strategy: str = "auto"  # auto | ddp | ddp_spawn | fsdp | deepspeed ... (Lightning's own strategies)
     precision: str = "32-true"  # Lightning's: 32-true | 16-mixed | bf16-mixed | ...
     num_workers: int = Field(0, ge=0, le=256)

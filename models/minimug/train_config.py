@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from milr.recipe import MAX_SEED
 
@@ -37,6 +37,13 @@ class ModelSpec(_Section):
     max_plan_tokens: int = Field(24, ge=1, le=4096)
     default_cfg: float = Field(1.5, ge=0.0)
     default_temperature: float = Field(1.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "ModelSpec":
+        # checked here too (MiniMUGConfig checks it) so the error comes before the tokenizer is fitted
+        if self.hidden_size % self.heads:
+            raise ValueError(f"hidden_size {self.hidden_size} must be divisible by heads {self.heads}")
+        return self
 
 
 class DataSpec(_Section):

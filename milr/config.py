@@ -222,7 +222,8 @@ class MergeRule:
                 return None
             return (given[0], node[given[0]] if isinstance(node[given[0]], str) and given[0] == self.sources[pattern][0] else None)
         if "name" not in node:
-            return None
+            # a teacher given as {critics: [...], combine: ...} is an ensemble, not the named critic it may replace
+            return "<ensemble>" if pattern in self.roots and "critics" in node else None
         if pattern in self.roots:
             return self._canonical(self.roots[pattern], node["name"])
         if any(pattern.startswith(r + ".") for r in self.roots):

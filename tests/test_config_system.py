@@ -140,6 +140,18 @@ def test_same_component_merges_arguments(tmp_path):
     assert load_recipe("quickstart", ["run.name=x"]).run.output_dir == "runs"  # run.name is not a component name
 
 
+def test_training_recipes_follow_the_same_rule(tmp_path):
+    from milr.models.minimug.train_config import load_config
+    from milr.training.config import load_train_recipe
+
+    rec = tmp_path / "student.yaml"
+    rec.write_text(yaml.safe_dump({"extends": "distill-world-ensemble", "output": str(tmp_path / "o"),
+                                   "distill": {"teacher": {"name": "world_oracle", "mode": "partial"}}}))
+    assert load_train_recipe(rec)["distill"]["teacher"] == {"name": "world_oracle", "mode": "partial"}  # switched, not merged
+    assert load_train_recipe(rec, ["distill.teacher.mode=binary"])["distill"]["teacher"]["mode"] == "binary"
+    assert load_config("train-minimug-smoke", ["trainer.max_steps=3"])["trainer"]["max_steps"] == 3
+
+
 def test_tags_are_presets_built_and_listed(capsys):
     assert SEARCHES.build("reinforce.faithful", steps=2).preset == "faithful"
     rc, out, _ = cli(capsys, "list", "models")

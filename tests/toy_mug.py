@@ -13,7 +13,9 @@ fixed random "transformer" that has no attention but the same data flow:
   ``j % image_vocab``), the uncond row is a fixed vector;
 * images: ``h_i = tanh(ctx + E_v[tok_{i-1}] + pos_i)`` per CFG row, the image head
   ``W_v h + b_v``, CFG ``u + w (c - u)``, multinomial sampling; forced prefixes are honoured;
-* ``decode_image`` paints each token as a flat palette colour on a square grid.
+* ``decode_image`` paints each token as a flat palette colour on a square grid;
+* batching (``run.batch_prompts``): states and contexts of several prompts merge and split by rows,
+  ``sample_image`` takes one generator per prompt row, ``reason`` counts tokens per row.
 
 Counters a test can read: ``counter`` (text tokens; image tokens counting both CFG rows, forced
 positions included), ``prompt_encodes`` (prompt prefixes encoded: ``encode_prompts`` and

@@ -105,7 +105,12 @@ class MiniMUGConfig:
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class KVCache:
-    """Per-layer (key, value) tensors ``[B, heads, L, d]`` plus which of the L positions are real."""
+    """Per-layer (key, value) tensors ``[B, heads, >= L, d]`` plus which of the L positions are real.
+
+    A cache made by :meth:`select` with ``room`` has buffers longer than ``L``: the next forwards
+    write their keys and values into them in place instead of concatenating the whole cache at
+    every token (which took 40% of a MiniMUG image's sampling time).
+    """
 
     kv: list[tuple[torch.Tensor, torch.Tensor]]
     valid: torch.Tensor  # [B, L] bool
@@ -115,27 +120,38 @@ class KVCache:
     def length(self) -> int:
         return self.valid.shape[1]
 
-    def select(self, index: torch.Tensor) -> "KVCache":
-        """Rows ``index`` of the batch (repeating rows expands a context to several samples)."""
-        return KVCache(
-            [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.kv],
-            self.valid.index_select(0, index),
-            self.image_count.index_select(0, index),
-        )
+    def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The filled positions ``[B, heads, L, d]`` of every layer."""
+        n = self.length
+        return [(k[:, :, :n], v[:, :, :n]) for k, v in self.kv]
+
+    def select(self, index: torch.Tensor, room: int = 0) -> "KVCache":
+        """Rows ``index`` of the batch (repeating rows expands a context to several samples), copied
+        into buffers with ``room`` free positions for the tokens to come."""
+        n = self.length
+        kv = []
+        for k, v in self.layers():
+            bk = k.new_empty(len(index), k.shape[1], n + room, k.shape[3])
+            bv = v.new_empty(len(index), v.shape[1], n + room, v.shape[3])
+            bk[:, :, :n].copy_(k.index_select(0, index))
+            bv[:, :, :n].copy_(v.index_select(0, index))
+            kv.append((bk, bv))
+        return KVCache(kv, self.valid.index_select(0, index), self.image_count.index_select(0, index))
 
     def trimmed(self) -> "KVCache":
         """Without the leading positions that are padding in every row (after selecting rows)."""
         start = _first_real_column(self.valid)
         if start == 0:
             return self
-        return KVCache([(k[:, :, start:], v[:, :, start:]) for k, v in self.kv], self.valid[:, start:], self.image_count)
+        return KVCache([(k[:, :, start:], v[:, :, start:]) for k, v in self.layers()], self.valid[:, start:], self.image_count)
 
     @staticmethod
     def concat(caches: list["KVCache"]) -> "KVCache":
         """The rows of ``caches`` in one cache, shorter ones left-padded with masked positions
         (positions count real tokens only, so padding does not move a row's positions)."""
         n = max(c.length for c in caches)
-        kv = [(torch.cat([_pad_left(c.kv[i][0], n, 2) for c in caches]), torch.cat([_pad_left(c.kv[i][1], n, 2) for c in caches]))
+        layers = [c.layers() for c in caches]
+        kv = [(torch.cat([_pad_left(c[i][0], n, 2) for c in layers]), torch.cat([_pad_left(c[i][1], n, 2) for c in layers]))
               for i in range(len(caches[0].kv))]
         return KVCache(kv, torch.cat([_pad_left(c.valid, n, 1) for c in caches]), torch.cat([c.image_count for c in caches]))
 
@@ -169,19 +185,29 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(h, mlp_ratio * h), nn.GELU(), nn.Linear(mlp_ratio * h, h))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor], past: Optional[tuple[torch.Tensor, torch.Tensor]]):
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor], past: Optional[tuple[torch.Tensor, torch.Tensor]],
+                used: int = 0):
+        """``past``: the layer's cached keys and values, of which the first ``used`` positions are filled."""
         b, l, h = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(b, l, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4)
-        if past is not None:
-            k = torch.cat([past[0], k], dim=2)
-            v = torch.cat([past[1], v], dim=2)
+        if past is not None and past[0].shape[2] >= used + l:  # room left: write in place
+            past[0][:, :, used:used + l] = k
+            past[1][:, :, used:used + l] = v
+            k, v = past[0][:, :, :used + l], past[1][:, :, :used + l]
+            new = past
+        elif past is not None:
+            k = torch.cat([past[0][:, :, :used], k], dim=2)
+            v = torch.cat([past[1][:, :, :used], v], dim=2)
+            new = (k, v)
+        else:
+            new = (k, v)
         if mask is None:  # training: no padding inside, plain causal attention
             a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, l, h)))
         x = x + self.drop(self.mlp(self.ln2(x)))
-        return x, (k, v)
+        return x, new
 
 
 class ImageHead(nn.Module):
@@ -336,7 +362,7 @@ class MiniMUGNet(nn.Module):
         x = x + self.pos_embed(pos)
         kv = []
         for i, blk in enumerate(self.blocks):
-            x, layer_kv = blk(x, mask, cache.kv[i] if cache is not None else None)
+            x, layer_kv = blk(x, mask, cache.kv[i] if cache is not None else None, lp)
             kv.append(layer_kv)
         return self.norm(x), KVCache(kv, all_valid, count)
 
@@ -553,6 +579,7 @@ class MiniMUG(MUGModel):
         else:
             hs, cache = self.net(state.ids, state.valid)
             h = hs[:, -1]
+        cache = cache.select(torch.arange(b, device=self.device), room=max(caps, default=0))
         ids: list[list[int]] = [[] for _ in range(b)]
         hidden: list[list[torch.Tensor]] = [[] for _ in range(b)]
         done = [cap <= 0 for cap in caps]
@@ -620,10 +647,10 @@ class MiniMUG(MUGModel):
         rows = torch.arange(b, device=self.device).repeat_interleave(num_samples)
         index = torch.cat([rows, rows + b])  # [cond R; uncond R]
         if use_prompt_cache:
-            cache, h = context.cache.select(index), context.last_hidden.index_select(0, index)
+            cache, h = context.cache.select(index, room=n), context.last_hidden.index_select(0, index)
         else:
             hs, cache = self.net(context.ids.index_select(0, index), context.valid.index_select(0, index))
-            h = hs[:, -1]
+            cache, h = cache.select(torch.arange(len(index), device=self.device), room=n), hs[:, -1]
         runs = generator_runs(generator, b, num_samples)
         tokens = torch.zeros(r_rows, n, dtype=torch.long, device=self.device)
         hidden = torch.zeros(r_rows, n, 2, self.hidden_size, dtype=self.dtype, device=self.device) if return_hidden else None

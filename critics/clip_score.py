@@ -19,7 +19,7 @@ from typing import Literal, Optional
 import torch
 import torch.nn.functional as F
 
-from milr.argtypes import PositiveInt
+from milr.argtypes import PositiveInt, check_choice
 from milr.devices import DType, torch_dtype
 from milr.hub import module_fingerprint
 from milr.image_inputs import check_batch
@@ -80,8 +80,7 @@ class CLIPScore(Critic):
         dtype: DType = "float32",
         cache_dir: Optional[str] = None,
     ):
-        if variant not in ("cosine", "clipscore"):
-            raise ValueError(f"clip_score: variant must be 'cosine' or 'clipscore', got {variant!r}")
+        check_choice("clip_score", "variant", variant, ("cosine", "clipscore"))
         _require_weights(str(arch), pretrained)
         pretrained = None if pretrained == "random" else pretrained
         if int(batch_size) < 1:

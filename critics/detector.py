@@ -52,7 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from milr.argtypes import Fraction, PositiveInt
+from milr.argtypes import Fraction, PositiveInt, check_choice
 from milr.critics.shipped import resolve_shipped, shipped
 from milr.geneval import Detection, GenEvalResult, evaluate
 from milr.devices import DType
@@ -307,12 +307,10 @@ class DetectorCritic(Critic):
         agnostic_nms: Optional[bool] = None,
         calibration: Literal["card", "none"] = "card",
     ):
-        if mode not in MODES:
-            raise ValueError(f"detector: mode must be one of {MODES}, got {mode!r}")
+        check_choice("detector", "mode", mode, MODES)
         if not 0.0 <= partial_weight <= 1.0:
             raise ValueError(f"detector: partial_weight must be in [0, 1], got {partial_weight}")
-        if colors not in ("clip", "palette"):
-            raise ValueError(f"detector: colors must be 'clip' or 'palette', got {colors!r}")
+        check_choice("detector", "colors", colors, ("clip", "palette"))
         self.mode = mode
         self.partial_weight = float(partial_weight)
         if class_map == "geneval":

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from milr.argtypes import Fraction, PositiveInt
+from milr.argtypes import Fraction, PositiveInt, check_choice
 from milr.open_clip_loading import _resolve_tag
 from milr.devices import torch_dtype
 from milr.hub import hub_offline, module_fingerprint
@@ -218,8 +218,7 @@ class GenEvalCritic(DetectorCritic):
         device: str = "cpu",
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     ):
-        if mode not in ("binary", "partial"):
-            raise ValueError(f"geneval: mode must be 'binary' or 'partial', got {mode!r}")
+        check_choice("geneval", "mode", mode, ("binary", "partial"))
         if not 0.0 <= partial_weight <= 1.0:
             raise ValueError(f"geneval: partial_weight must be in [0, 1], got {partial_weight}")
         if int(top_k) < 1 or int(batch_size) < 1 or not 0.0 < mask_threshold < 1.0:
@@ -233,8 +232,7 @@ class GenEvalCritic(DetectorCritic):
         self.test_scale = None if test_scale is None else (int(test_scale[0]), int(test_scale[1]))
         self.device = device
         self.dtype = torch_dtype(dtype)
-        if colors not in ("clip", "none"):
-            raise ValueError(f"geneval: colors must be 'clip' or 'none', got {colors!r}")
+        check_choice("geneval", "colors", colors, ("clip", "none"))
         self.color_classifier = (ClipColorClassifier(clip_arch, clip_pretrained, device=device, dtype=dtype)
                                  if colors == "clip" else _no_colors)
         from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation

@@ -22,6 +22,7 @@ from abc import abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Mapping, Sequence
 
+from milr.argtypes import check_choice
 from milr.interfaces import Critic
 
 if TYPE_CHECKING:
@@ -160,9 +161,7 @@ def build_questions(
 
 
 def check_combine(combine: str) -> str:
-    if combine not in COMBINES:
-        raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
-    return combine
+    return check_choice("judge", "combine", combine, COMBINES)
 
 
 def combine_scores(per_question: "torch.Tensor", combine: str) -> "torch.Tensor":
@@ -191,8 +190,7 @@ class YesNoJudge(Critic):
         prompt_templates: Mapping[str, str] | None = None,
         clause_templates: Mapping[str, str] | None = None,
     ):
-        if questions not in ("prompt", "decomposed", "auto"):
-            raise ValueError(f"questions must be 'prompt', 'decomposed' or 'auto', got {questions!r}")
+        check_choice(type(self).__name__, "questions", questions, ("prompt", "decomposed", "auto"))
         unknown = set(clause_templates or {}) - set(CLAUSE_TEMPLATES)
         if unknown:
             raise ValueError(f"unknown clause template keys {sorted(unknown)}; known: {sorted(CLAUSE_TEMPLATES)}")

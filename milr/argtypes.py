@@ -8,7 +8,7 @@ bypasses recipes is checked by the constructor's own line where it is cheap.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import Field
 
@@ -20,4 +20,16 @@ PositiveInt = Annotated[int, Field(ge=1)]
 
 NonNegativeFloat = Annotated[float, Field(ge=0.0)]
 
-__all__ = ["Fraction", "PositiveInt", "NonNegativeFloat"]
+
+
+def check_choice(who: str, arg: str, value: Any, choices: Any) -> Any:
+    """``value`` if it is one of ``choices`` (a sequence, or a ``Literal`` annotation), else a
+    ValueError naming the argument and what is allowed: the constructor-side twin of the recipe
+    validator's check, for Python callers."""
+    allowed = tuple(get_args(choices)) if get_origin(choices) is Literal else tuple(choices)
+    if value not in allowed:
+        raise ValueError(f"{who}: {arg} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
+    return value
+
+
+__all__ = ["Fraction", "PositiveInt", "NonNegativeFloat", "check_choice"]

@@ -353,6 +353,9 @@ _EXPECTED = {
 }
 
 
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
+
 def describe(err: dict, allowed_keys: dict[str, list[str]] | None = None) -> tuple[str, str]:
     """(key path, problem) of one pydantic error, with the allowed keys and a did-you-mean."""
     loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after"))
@@ -373,8 +376,10 @@ def describe(err: dict, allowed_keys: dict[str, list[str]] | None = None) -> tup
         return loc, f"found {found!r}{did_you_mean(str(found), choices)}; allowed: {expected}"
     if typ == "finite_number":
         return loc, f"found {found!r}; expected a finite number (not NaN or infinity)"
-    if typ in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        return loc, f"found {found!r}; expected a value {err['msg'].split('should be ')[-1]}"
+    if typ in _BOUNDS:
+        limit = next(iter((err.get("ctx") or {}).values()), "?")
+        key = loc.rpartition(".")[2]
+        return loc, f"found {found!r}; {key} must be {_BOUNDS[typ]} {limit} (a value {err['msg'].split('should be ')[-1]})"
     if typ == "too_short":
         return loc, f"found {found!r}; {err['msg']}"
     if typ == "value_error":

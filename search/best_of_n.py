@@ -25,6 +25,7 @@ from typing import Optional
 
 import torch
 
+from milr.argtypes import PositiveInt
 from milr.interfaces import Candidate, Critic, Search
 from milr.registry import CRITICS, SEARCHES
 
@@ -35,12 +36,12 @@ class BestOfN(Search):
 
     def __init__(
         self,
-        n: int = 20,
+        n: PositiveInt = 20,
         reasoning: bool = True,
-        batch_size: int = 8,
+        batch_size: PositiveInt = 8,
         cfg: Optional[float] = None,
         temperature: Optional[float] = None,
-        prefilter_k: Optional[int] = None,
+        prefilter_k: Optional[PositiveInt] = None,
         prefilter_critic: Optional[str] = None,
         threshold: Optional[float] = None,
     ):

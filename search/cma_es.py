@@ -30,6 +30,7 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 
+from milr.argtypes import Fraction, PositiveInt
 from milr.interfaces import Candidate, Search
 from milr.registry import SEARCHES
 from milr.search.latent_space import LatentSpace, count_latents, sample_tokens
@@ -42,11 +43,11 @@ class CMAES(Search):
     def __init__(
         self,
         mode: Literal["both", "text", "image"] = "both",
-        text_fraction: float = 0.2,
-        image_fraction: float = 0.02,
+        text_fraction: Fraction = 0.2,
+        image_fraction: Fraction = 0.02,
         sigma: float = 0.3,
         popsize: Optional[int] = None,
-        generations: int = 10,
+        generations: PositiveInt = 10,
         diagonal: bool = True,
         token_choice: Literal["argmax", "sample"] = "argmax",
         threshold: Optional[float] = None,

@@ -44,6 +44,7 @@ from typing import Any, Literal, Optional
 
 import torch
 
+from milr.argtypes import Fraction
 from milr.interfaces import Candidate, Search
 from milr.registry import SEARCHES
 from milr.search.latent_space import LatentSpace, count_latents, sample_tokens
@@ -77,8 +78,8 @@ class Reinforce(Search):
         schedule: Literal["joint", "alternate", "text_then_image"] = "joint",
         steps: int = 20,
         lr: float = 0.03,
-        text_fraction: float = 0.2,
-        image_fraction: float = 0.02,
+        text_fraction: Fraction = 0.2,
+        image_fraction: Fraction = 0.02,
         threshold: Optional[float] = None,
         samples: Optional[int] = None,
         token_choice: Optional[Literal["argmax", "sample"]] = None,

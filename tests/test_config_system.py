@@ -51,6 +51,8 @@ RUN_ERRORS = [
     (["critics.0={name: ensemble, members: [{name: world_oracle}, {name: world_orcle}]}"], "critics.0.members.1.name"),
     (["critics.0={name: ensemble, mode: summ, members: [{name: world_oracle}]}"], "critics.0.mode"),
     (["search.name=reinforce.bogus"], "search.name"),
+    (["critics=[{name: world_oracle}, {name: world_pref}]", "combine={cascade: {cheap: world_pre, keep_top: 2}}"],
+     "combine.cascade.cheap"),  # a misspelt cascade member
 ]
 
 
@@ -90,6 +92,8 @@ def test_train_minimug_takes_validated_overrides(tmp_path, capsys):
 
 
 def test_train_detector_and_train_critic_share_the_loader(tmp_path, capsys):
+    rc, _, lines = cli(capsys, "train-critic", "train-world-pref-smoke", f"output={tmp_path / 'o'}", "train.epochz=1")
+    assert "did you mean 'train.epochs'" in one_line_error(rc, lines, "train.epochz")
     rc, _, lines = cli(capsys, "train-detector", "train-world-detector-smoke", "train.epochz=1")
     assert "did you mean 'epochs'" in one_line_error(rc, lines, "train.epochz")
     rec = tmp_path / "r.yaml"

@@ -491,11 +491,12 @@ def preflight(recipe: Recipe) -> list:
         SEARCHES.get(search.name)(**search.args)
     except (ValueError, TypeError) as e:
         errors.append(RecipeError(file, "search", f"{search.name}: {e}"))
-    if isinstance(search.args.get("prefilter_critic"), str):
-        try:
-            CRITICS.resolve_name(search.args["prefilter_critic"])
-        except UnknownComponentError as e:
-            errors.append(RecipeError(file, "search.prefilter_critic", e.message))
+    prefilter = search.args.get("prefilter_critic")
+    if isinstance(prefilter, str):  # built with no arguments: its signature must allow that
+        for e in check_spec(CRITICS, {"name": prefilter}, "search.prefilter_critic", file):
+            missing = e.problem == "missing required key"
+            errors.append(RecipeError(file, "search.prefilter_critic", f"critic {prefilter!r} needs the argument "
+                                      f"{e.path.rpartition('.')[2]!r}; a prefilter critic is built with none" if missing else e.problem))
     parts = [("model", MODELS, recipe.model)]
     parts += [(f"critics.{i}", CRITICS, c) for i, c in enumerate(recipe.critics)]
     parts += [(f"evaluate.{i}", CRITICS, c) for i, c in enumerate(recipe.evaluate)]

@@ -51,6 +51,7 @@ RUN_ERRORS = [
     (["critics.0={name: ensemble, members: [{name: world_oracle}, {name: world_orcle}]}"], "critics.0.members.1.name"),
     (["critics.0={name: ensemble, mode: summ, members: [{name: world_oracle}]}"], "critics.0.mode"),
     (["search.name=reinforce.bogus"], "search.name"),
+    (["search.name=best_of_n", "search.prefilter_k=2", "search.prefilter_critic=trained"], "search.prefilter_critic"),
     (["critics=[{name: world_oracle}, {name: world_pref}]", "combine={cascade: {cheap: world_pre, keep_top: 2}}"],
      "combine.cascade.cheap"),  # a misspelt cascade member
 ]

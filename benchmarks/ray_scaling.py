@@ -85,8 +85,12 @@ def main() -> int:
             startup = (seen[0] - t - results[0]["seconds"]) if seen else float("nan")
             rows.append((workers, wall, startup / wall, len(results) / wall))
             dirs[workers] = run_dir
+            # Seconds a worker spent on one prompt: if it grows with the workers, the cores (shared with
+            # other jobs) were the limit, not the executor.
+            per_prompt = sum(r["seconds"] for r in results) / len(results)
             print(f"workers={workers}: wall {wall:.1f} s, start-up {startup:.1f} s ({rows[-1][2]:.1%}), "
-                  f"{rows[-1][3]:.2f} images/s ({len(results)} prompts)", flush=True)
+                  f"{rows[-1][3]:.2f} images/s ({len(results)} prompts), {per_prompt:.3f} s per prompt in a worker",
+                  flush=True)
         same = comparable(dirs[1]) == comparable(dirs[args.workers])
     ray.shutdown()
     ratio = rows[0][1] / rows[1][1]

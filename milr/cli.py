@@ -27,6 +27,7 @@ import path unless ``--allow-imports`` is given: recipes are code.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -370,6 +371,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("milr: interrupted; resume with `milr run --resume RUN_DIR`", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`milr list | head`): not an error; silence the flush at exit too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as e:  # a bug in milr or a plugin: one line, the traceback on request
         if args.debug:
             traceback.print_exc()

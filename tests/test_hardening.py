@@ -473,3 +473,13 @@ def test_non_finite_numbers_are_refused_whatever_the_type(capsys, override, key)
 def test_a_path_too_long_is_a_message(capsys):
     rc, lines = cli(capsys, "show", "mixed-reward", "combine.normalize.world_pref.reference=" + "x" * 5000)
     assert_clean_error(rc, lines, "combine", "too long")
+
+
+def test_list_into_a_closed_pipe_is_not_an_error():
+    # `milr list | head -1`: the reader leaves early; milr must exit quietly, not report an internal error.
+    import subprocess
+
+    out = subprocess.run("milr list | head -1", shell=True, capture_output=True, text=True, timeout=60,
+                         executable="/bin/bash")
+    assert out.stdout.strip() == "critics:"
+    assert "error" not in out.stderr, out.stderr

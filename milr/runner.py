@@ -354,11 +354,13 @@ def run_recipe(
     done = record.done_ids()
     todo = [t for t in tasks if t.id not in done]
     log(f"milr: run folder {record.dir} ({len(todo)} of {len(tasks)} prompts to do)")
+    show = sys.stderr.isatty() if progress is None else progress
     if recipe.run.executor == "ray":  # workers build the components and solve; this process writes
         from milr.executors.ray_executor import RunnerSeam, run_ray
 
-        run_ray(recipe, record, todo, len(tasks), RunnerSeam(build_components, solve, write_result, each_critic), log,
-                progress_lines=progress is None and not sys.stderr.isatty())
+        with tqdm(total=len(todo), desc="prompts", disable=not show, dynamic_ncols=True) as bar:
+            run_ray(recipe, record, todo, len(tasks), RunnerSeam(build_components, solve, write_result, each_critic),
+                    log, progress_lines=progress is None and not show, bar=bar)
         todo = []
     if not todo:
         log(record.write_summary())
@@ -366,7 +368,6 @@ def run_recipe(
         return record.dir
 
     comps = build_components(recipe, device, record.dir)
-    show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=len(todo), desc="prompts", disable=not show, dynamic_ncols=True)
     batched = recipe.run.batch_prompts > 1
     step_bar = None if batched else tqdm(desc="steps", leave=False, disable=not show)

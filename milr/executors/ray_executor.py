@@ -203,7 +203,7 @@ def _to_float(images: dict) -> dict:
 
 
 def run_ray(recipe: Any, record: Any, todo: list, total: int, seam: RunnerSeam,
-            log: Callable[[str], None] = lambda s: None, progress_lines: bool = True) -> None:
+            log: Callable[[str], None] = lambda s: None, progress_lines: bool = True, bar: Any = None) -> None:
     """Solve ``todo`` on ``recipe.run.workers`` Ray actors; the results go to ``record`` as they come."""
     import ray
     from ray.exceptions import (ActorUnavailableError, ObjectLostError, OutOfMemoryError, OwnerDiedError,
@@ -262,6 +262,9 @@ def run_ray(recipe: Any, record: Any, todo: list, total: int, seam: RunnerSeam,
             seam.write_result(record, result, _to_float(images))
             feed.written.remote(i, result.id)
             done_n += 1
+            if bar is not None:  # a tqdm bar (a terminal); otherwise one line per prompt
+                bar.update(1)
+                bar.set_postfix(reward=f"{result.final.reward:.3f}")
             if progress_lines:
                 log(f"milr: [{done_n}/{total}] {result.id}: reward {result.initial.reward:.4g} -> "
                     f"{result.final.reward:.4g}, {result.steps} steps, {result.seconds:.1f} s, worker {i}")

@@ -1,6 +1,6 @@
 """Ray executor scaling: 2 workers against 1 on a generate-heavy MiniMUG suite, side by side in one run.
 
-    python benchmarks/ray_scaling.py                 # the 300 MiniMUG world test prompts, search generate
+    python benchmarks/ray_scaling.py                 # the 300 MiniMUG world test prompts x 2 images, search generate
     python benchmarks/ray_scaling.py --prompts 100 --workers 4 --gpus 1   # 4 GPU workers vs 1
 
 One Ray cluster (``--workers`` CPUs, or GPUs with ``--gpus``) hosts both runs; each worker runs on
@@ -23,12 +23,13 @@ import time
 from pathlib import Path
 
 
-def recipe(prompts: int, workers: int, out: str, gpus: float) -> dict:
+def recipe(prompts: int, workers: int, out: str, gpus: float, images: int = 1) -> dict:
     return {
         "model": {"name": "minimug"},
         "critics": [{"name": "world_oracle", "mode": "binary"}],
         "search": {"name": "generate"},
-        "prompts": {"suite": "minimug-world", "split": "test", "limit": prompts},
+        "prompts": {"suite": "minimug-world", "split": "test", "limit": prompts,
+                    "images_per_prompt": images},
         "run": {"seed": 0, "device": "cuda" if gpus else "cpu", "threads": 1, "output_dir": out, "name": f"ray-{workers}",
                 "executor": "ray", "workers": workers, "cpus_per_worker": 1, "gpus_per_worker": gpus},
     }
@@ -49,6 +50,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prompts", type=int, default=300, help="MiniMUG world test prompts (at most 300)")
     ap.add_argument("--workers", type=int, default=2, help="the run compared with 1 worker")
+    # Two images per prompt (600 runs): long enough that 2 workers' start-up stays under a tenth of the run here.
+    ap.add_argument("--images-per-prompt", type=int, default=2, help="images (seeds) per prompt")
     ap.add_argument("--gpus", type=float, default=0.0, help="GPUs per worker (0: CPU workers)")
     args = ap.parse_args()
 
@@ -77,7 +80,7 @@ def main() -> int:
             watcher = threading.Thread(target=watch, daemon=True)
             watcher.start()
             t = time.perf_counter()
-            run_dir = run_recipe(recipe(args.prompts, workers, str(out), args.gpus), progress=False, log=lambda s: None)
+            run_dir = run_recipe(recipe(args.prompts, workers, str(out), args.gpus, args.images_per_prompt), progress=False, log=lambda s: None)
             wall = time.perf_counter() - t
             stop.set()
             results = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]

@@ -33,3 +33,19 @@ def test_every_docs_path_the_code_cites_exists():
     missing = sorted({f"{p.relative_to(ROOT)}: {m}" for p in files for m in cited.findall(p.read_text())
                       if not (ROOT / m).exists()})
     assert len(files) > 100 and not missing, missing
+
+
+def test_contributing_layout_names_every_module_and_package():
+    # The layout block is where a newcomer finds a concern's home: a module missing from it is lost.
+    text = (ROOT / "CONTRIBUTING.md").read_text()
+    layout = text.split("## Layout", 1)[1].split("```")[1]
+    missing = []
+    for folder in ("milr", "search", "models"):
+        for path in sorted((ROOT / folder).iterdir()):
+            name = path.name
+            if name.startswith(("_", ".")) or name in ("data", "benchmarks") and folder == "milr":
+                continue
+            if path.suffix == ".py" or (path.is_dir() and (path / "__init__.py").exists()):
+                if name.removesuffix(".py") not in layout:
+                    missing.append(f"{folder}/{name}")
+    assert not missing, f"CONTRIBUTING.md's layout does not name: {missing}"

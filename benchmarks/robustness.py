@@ -132,7 +132,8 @@ KNOWN_BAD = [
     "search.lr=abc", "search.mode=latent", "search.preset=fast", "model.name=os:system", "model.name=os:no_such_attr",
     "model.name=milr.interfaces:MUGModel", "model.name=no.such.module:X", "model.name=mini_mug", "critics.0.name=clip_scor",
     "critics.0.weight=.nan", "critics.0.name=builtins:eval", "critics.0.mode=dense", "evaluate.0.mode=binry",
-    "combine.mode=summ", "critics.0.name=clip_score", "critics=[]", "critics=5", "search=7", "prompts={}",
+    "combine.mode=summ", "critics.0.name=clip_score", "critics=[]", "critics=5", "search=7", "prompts=null",
+    # (prompts={} is no longer bad: under the one merge rule an empty mapping changes nothing)
     "prompts.inline=[]", "prompts.inline=[{id: a, prompt: x}, {id: a, prompt: y}]", "extends=nothing-here",
 ]
 

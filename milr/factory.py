@@ -34,27 +34,25 @@ if TYPE_CHECKING:
 INJECTED = ("model", "device", "dtype")
 
 
+def _parameters(obj: Any) -> Mapping[str, inspect.Parameter]:
+    """The constructor's (or factory function's) parameters; none when there is no usable signature."""
+    if inspect.isclass(obj) and obj.__init__ is object.__init__:
+        return {}  # no constructor of its own: object's (*args, **kwargs) accepts nothing
+    try:
+        return inspect.signature(obj.__init__ if inspect.isclass(obj) else obj).parameters
+    except (TypeError, ValueError):
+        return {}
+
+
 def accepts(obj: Any, name: str) -> bool:
     """Whether ``obj`` (a class or a factory function) takes a keyword argument ``name``."""
-    if inspect.isclass(obj) and obj.__init__ is object.__init__:
-        return False  # no constructor of its own: object's (*args, **kwargs) accepts nothing
-    fn = obj.__init__ if inspect.isclass(obj) else obj
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
+    params = _parameters(obj)
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def _named(obj: Any, name: str) -> bool:
     """Whether the signature names ``name`` itself (``model`` is never passed through ``**kwargs``)."""
-    fn = obj.__init__ if inspect.isclass(obj) else obj
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
+    return name in _parameters(obj)
 
 
 def full_args(cls: Any, kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -63,13 +61,8 @@ def full_args(cls: Any, kwargs: Mapping[str, Any]) -> dict[str, Any]:
     The device never changes a score's meaning, so it stays out of the record that keys the cache.
     A model object is replaced by its fingerprint (its weights, not its address, identify it).
     """
-    fn = cls.__init__ if inspect.isclass(cls) else cls
     out: dict[str, Any] = {}
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        params = {}  # type: ignore[assignment]
-    for p in params.values():
+    for p in _parameters(cls).values():
         if p.name == "self" or p.name.startswith("_") or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         if p.default is not inspect.Parameter.empty:

@@ -89,6 +89,16 @@ def oracle_fields(recipe: dict) -> dict:
         return {"oracle": None, "oracle_reasons": [f"not checked: {e}"], "oracle_proxies": []}
 
 
+def to_uint8(image: Any) -> Any:
+    """A float image in [0, 1] as the uint8 CPU tensor its PNG holds (uint8 tensors pass unchanged):
+    the one quantisation rule, shared by the PNG writer and the Ray workers' transport."""
+    import torch
+
+    if image.dtype == torch.uint8:
+        return image.detach().cpu()
+    return (image.detach().float().clamp(0, 1) * 255).round().to(device="cpu", dtype=torch.uint8)
+
+
 class RunRecord:
     """Reads and writes one run folder."""
 
@@ -312,11 +322,11 @@ class RunRecord:
             os.close(fd)
 
     def save_image(self, image, name: str) -> str:
-        """Save a ``[3, H, W]`` float image in [0, 1] as PNG; returns the path relative to the run."""
+        """Save a ``[3, H, W]`` image (float in [0, 1], or already :func:`to_uint8`) as PNG; returns
+        the path relative to the run."""
         from PIL import Image
-        import numpy as np
 
-        arr = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+        arr = to_uint8(image).permute(1, 2, 0).numpy()
         path = self.images / name
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.png")

@@ -2,7 +2,10 @@
 
 MILR's cost per prompt varies from one generation (passes at once) to twenty-one (all steps), so
 static shards leave devices idle; here the prompts wait in one queue (a :class:`Feed` actor) and
-each worker pulls the next one whenever one of its ``run.batch_prompts`` batch slots frees up.
+each worker pulls the next ones whenever its ``run.batch_prompts`` batch slots run dry. A pull takes
+a chunk that shrinks as the queue empties (guided self-scheduling, Polychronopoulos & Kuck 1987):
+few round trips while much is left, one prompt at a time at the end so no worker waits on another's
+backlog.
 
 - **One actor per device** (``run.workers`` actors with ``run.gpus_per_worker`` GPUs and
   ``run.cpus_per_worker`` CPUs each): it loads the model and critics once, then solves the prompts
@@ -153,36 +156,38 @@ class Worker:
             raise self.failed
 
         def pull() -> Iterator[Any]:
-            while (task := ray.get(feed.pull.remote(worker))) is not None:
-                yield task
+            while chunk := ray.get(feed.pull.remote(worker)):
+                yield from chunk
 
         for result, images in self.seam.solve(self.components, pull()):
             yield result, _to_uint8(images)
 
 
-class Feed:
-    """The run's queue of prompts (a Ray actor on the driver's node): workers pull, the driver confirms.
+# A pull takes at most this many prompts: one queue's worth per worker split CHUNK_SPLIT ways.
+MAX_CHUNK = 16
+CHUNK_SPLIT = 4
 
-    A prompt pulled by a worker and not yet written by the driver is that worker's; if the worker
-    dies, :meth:`give_back` returns them so the driver can queue them again.
+
+class Feed:
+    """The run's queue of prompts (a Ray actor on the driver's node): workers pull chunks.
+
+    Every prompt a worker pulled is that worker's; if the worker dies, :meth:`give_back` returns
+    them and the driver queues again those it has not written.
     """
 
-    def __init__(self, tasks: list):
+    def __init__(self, tasks: list, workers: int = 1):
         self.queue = deque(tasks)
-        self.taken: dict[int, dict[str, Any]] = {}
+        self.workers = max(1, workers)
+        self.taken: dict[int, list] = {}
 
-    def pull(self, worker: int) -> Any:
-        if not self.queue:
-            return None
-        task = self.queue.popleft()
-        self.taken.setdefault(worker, {})[task.id] = task
-        return task
-
-    def written(self, worker: int, task_id: str) -> None:
-        self.taken.get(worker, {}).pop(task_id, None)
+    def pull(self, worker: int) -> list:
+        n = min(MAX_CHUNK, len(self.queue), -(-len(self.queue) // (CHUNK_SPLIT * self.workers)))
+        chunk = [self.queue.popleft() for _ in range(n)]
+        self.taken.setdefault(worker, []).extend(chunk)
+        return chunk
 
     def give_back(self, worker: int) -> list:
-        return sorted(self.taken.pop(worker, {}).values(), key=lambda t: t.index)
+        return sorted(self.taken.pop(worker, []), key=lambda t: t.index)
 
     def requeue(self, tasks: list) -> int:
         self.queue.extendleft(reversed(tasks))  # first in line: a retried prompt does not wait for the rest
@@ -216,11 +221,12 @@ def run_ray(recipe: Any, record: Any, todo: list, total: int, seam: RunnerSeam,
     recipe_dict = recipe.to_dict()
 
     # The feed hands out prompts; both it and the ledger live where the run folder is.
-    feed = ray.remote(num_cpus=0)(Feed).options(scheduling_strategy=on_driver).remote(todo)
+    feed = ray.remote(num_cpus=0)(Feed).options(scheduling_strategy=on_driver).remote(todo, run.workers)
     attempts: dict[str, int] = {}
     streams: dict[Any, int] = {}  # each worker's stream of results -> the worker's number
     actors: list[Any] = [None] * min(run.workers, len(todo))
     done_n = total - len(todo)
+    written: set[str] = set()  # prompts this driver wrote: a dead worker's give-back skips them
 
     def start(i: int) -> None:
         actors[i] = worker_cls.remote(recipe_dict, ledger, seam)  # loads the model and critics once
@@ -243,7 +249,7 @@ def run_ray(recipe: Any, record: Any, todo: list, total: int, seam: RunnerSeam,
             except lost as e:
                 del streams[ready[0]]
                 ray.kill(actors[i], no_restart=True)
-                tasks = ray.get(feed.give_back.remote(i))
+                tasks = [t for t in ray.get(feed.give_back.remote(i)) if t.id not in written]
                 why = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
                 for t in tasks:
                     attempts[t.id] = attempts.get(t.id, 0) + 1
@@ -255,7 +261,7 @@ def run_ray(recipe: Any, record: Any, todo: list, total: int, seam: RunnerSeam,
                 start(i)  # a fresh actor takes its place
                 continue
             seam.write_result(record, result, images)
-            feed.written.remote(i, result.id)
+            written.add(result.id)
             done_n += 1
             if bar is not None:  # a tqdm bar (a terminal); otherwise one line per prompt
                 bar.update(1)

@@ -276,7 +276,9 @@ class DetectorCritic(Critic):
 
     ``weights``: a local YOLO ``.pt`` (or ``.yaml`` for random weights, tests only) or an already
     loaded ``ultralytics.YOLO``. ``imgsz``: inference size (default: the checkpoint's training
-    size). ``conf``: YOLO's own pre-filter, below GenEval's 0.3 cut. ``last_results`` keeps the
+    size). ``conf``: YOLO's own pre-filter, below GenEval's 0.3 cut. ``tiers``: ``{tier: cap}`` for
+    classes named ``"<class>/<tier>"`` (a ``circle/rough`` box is a circle scoring at most the cap;
+    default: the card's). ``last_results`` keeps the
     :class:`~milr.geneval.GenEvalResult` of every image of the last call (with reasons).
     """
 
@@ -306,6 +308,7 @@ class DetectorCritic(Critic):
         device: str = "cpu",
         agnostic_nms: Optional[bool] = None,
         calibration: Literal["card", "none"] = "card",
+        tiers: Optional[Mapping[str, Fraction]] = None,
     ):
         check_choice("detector", "mode", mode, MODES)
         if not 0.0 <= partial_weight <= 1.0:
@@ -338,7 +341,14 @@ class DetectorCritic(Critic):
         self.agnostic_nms = bool(agnostic_nms if agnostic_nms is not None else nms.get("agnostic", False))
         self.calibration = card.get("calibration") if calibration == "card" else None
         self.names = {int(k): str(v) for k, v in dict(getattr(self.yolo, "names", {}) or {}).items()}
-        unknown = set(self.class_map) - set(self.names.values())
+        # A trained detector may split a class into quality tiers, "<class>/<tier>" (card "tiers":
+        # {tier: cap}): a "circle/rough" box is a circle whose score is at most the tier's cap.
+        self.tiers = {str(k): float(v) for k, v in dict(card.get("tiers", {}) if tiers is None else tiers).items()}
+        for name in self.names.values():
+            tier = name.partition("/")[2]
+            if tier and tier not in self.tiers:
+                raise ValueError(f"detector: class {name!r} has tier {tier!r} but the card's tiers are {sorted(self.tiers)}")
+        unknown = set(self.class_map) - {self._base(n) for n in self.names.values()}
         if self.names and unknown and class_map is not YOLO_COCO_TO_GENEVAL:
             raise ValueError(
                 f"detector: class_map keys {sorted(unknown)} are not classes of the checkpoint "
@@ -361,7 +371,7 @@ class DetectorCritic(Critic):
             "weights": str(weights) if isinstance(weights, (str, Path)) else type(weights).__name__,
             "class_map": self.class_map, "mode": mode, "partial_weight": self.partial_weight, "colors": colors,
             "imgsz": imgsz, "conf": self.conf, "iou": self.iou, "max_det": self.max_det,
-            "agnostic_nms": self.agnostic_nms, "calibration": self.calibration,
+            "agnostic_nms": self.agnostic_nms, "calibration": self.calibration, "tiers": self.tiers,
         }
         self._identity = (
             f"detector:v{VERSION}:{sorted(self.init_args.items(), key=lambda kv: kv[0])!r}:w={weights_id}:"
@@ -372,6 +382,10 @@ class DetectorCritic(Critic):
 
     def identity(self) -> str:
         return self._identity
+
+    @staticmethod
+    def _base(name: str) -> str:
+        return name.partition("/")[0]
 
     # -- detection (the seam tests replace) ------------------------------------------------------
     def _detect(self, images: np.ndarray) -> list[list[Detection]]:
@@ -393,11 +407,13 @@ class DetectorCritic(Critic):
                 masks = res.masks.data.cpu().numpy() > 0.5 if getattr(res, "masks", None) is not None else None
                 for j in range(len(xyxy)):
                     name = self.names.get(int(classes[j]), str(int(classes[j])))
-                    cls = self.class_map.get(name, name)
+                    base, _, tier = name.partition("/")
+                    cls = self.class_map.get(base, base)
                     if cls is None:  # mapped away
                         continue
+                    score = min(float(scores[j]), self.tiers[tier]) if tier else float(scores[j])
                     mask = masks[j] if masks is not None and masks[j].shape == images.shape[1:3] else None
-                    dets.append(MaskedDetection(cls, tuple(float(v) for v in xyxy[j]), float(scores[j]), None, mask))
+                    dets.append(MaskedDetection(cls, tuple(float(v) for v in xyxy[j]), score, None, mask))
             out.append(dets)
         return out
 
@@ -405,7 +421,7 @@ class DetectorCritic(Critic):
     def _check_classes(self, metadata: list[dict]) -> None:
         if not self.names:
             return
-        known = {self.class_map.get(n, n) for n in self.names.values()} - {None}
+        known = {self.class_map.get(self._base(n), self._base(n)) for n in self.names.values()} - {None}
         for md in metadata:
             for clause in list(md.get("include", [])) + list(md.get("exclude", [])):
                 cls = clause.get("class")

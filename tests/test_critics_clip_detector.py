@@ -361,6 +361,42 @@ def test_detector_class_map_renames_yolo_names():
     assert critic.score(torch.ones(1, 3, 32, 32), ["a photo of a circle"], [SINGLE]).tolist() == [1.0]
 
 
+def test_detector_tier_classes_cap_the_score_between_genevals_cuts():
+    """A "circle/rough" box is a circle scoring at most its tier's cap: above GenEval's 0.3 cut, so it
+    counts for an object's presence, and under the 0.9 counting cut, so it does not count there."""
+
+    def yolo(classes, confs):
+        class Boxes:
+            xyxy = torch.tensor([[1.0 + 12 * j, 1.0, 10.0 + 12 * j, 10.0] for j in range(len(classes))])
+            conf = torch.tensor(confs)
+            cls = torch.tensor([float(c) for c in classes])
+
+            def __len__(self):
+                return len(classes)
+
+        class Result:
+            boxes = Boxes()
+            masks = None
+
+        class TieredYOLO(FakeYOLO):
+            names = {0: "circle", 1: "circle/rough"}
+
+            def predict(self, batch, **kwargs):
+                return [Result() for _ in batch]
+
+        return TieredYOLO()
+
+    img, cap = torch.ones(1, 3, 32, 32), {"rough": 0.6}
+    score = lambda y, md, **kw: CRITICS.get("detector")(weights=y, colors="palette", **kw).score(img, ["p"], [md]).item()  # noqa: E731
+    clean_pair, rough_pair = yolo([0, 0], [0.95, 0.95]), yolo([0, 1], [0.95, 0.95])
+    assert score(clean_pair, COUNT2, tiers=cap) == 1.0
+    assert score(rough_pair, COUNT2, tiers=cap) == 0.0  # the rough circle is capped at 0.6 < 0.9
+    assert score(rough_pair, COUNT2, tiers={"rough": 0.95}) == 1.0  # the cap is what decides
+    assert score(yolo([1], [0.95]), SINGLE, tiers=cap) == 1.0  # 0.6 > 0.3: a rough circle is a circle
+    with pytest.raises(ValueError, match="tier 'rough'"):
+        CRITICS.get("detector")(weights=rough_pair, colors="palette")  # no tiers for its classes
+
+
 def test_object_crop_pastes_mask_on_geneval_grey():
     from milr.critics.detector import MaskedDetection, object_crop
 

@@ -22,6 +22,27 @@ def test_yolo_labels_are_the_scene_truth_in_yolo_format():
     assert lines[1] == pytest.approx([4, 24 / 32, 22 / 32, 8 / 32, 8 / 32])
 
 
+def test_reading_labels_are_exact_on_rendered_scenes_and_tier_rough_objects():
+    """labels=reading: a rendered scene's reading is its truth; a blob too small for a world object is
+    read as a square with a low score, so it gets the rough tier (class 5 + shape), and under
+    min_score nothing."""
+    from milr.training.detector import DetectorData, class_names, reading_labels, yolo_labels
+
+    cfg = DetectorData(labels="reading")
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        scene = world.random_scene(rng)
+        assert sorted(reading_labels(world.render(scene), cfg)) == sorted(yolo_labels(scene))
+    blob = np.full((32, 32, 3), 255, np.uint8)
+    blob[10:14, 10:14] = world.COLORS["red"]  # 4 px: under the world's 8-12 px objects
+    (line,) = reading_labels(blob, cfg)
+    assert int(line.split()[0]) == len(world.SHAPES) + world.SHAPES.index("square")
+    assert class_names(cfg)[int(line.split()[0])] == "square/rough"
+    assert reading_labels(blob, DetectorData(labels="reading", min_score=0.9)) == []
+    one_tier = DetectorData(labels="reading", rough_below=None)
+    assert class_names(one_tier) == world.SHAPES and int(reading_labels(blob, one_tier)[0].split()[0]) == 1
+
+
 def test_detector_config_errors_name_the_key(tmp_path):
     from milr.cli import main
     from milr.recipe import RecipeError
@@ -45,20 +66,23 @@ def test_detector_config_errors_name_the_key(tmp_path):
 @pytest.mark.slow
 def test_train_detector_smoke_recipe_trains_and_loads_in_the_critic(tmp_path):
     from milr.critics.detector import DetectorCritic
-    from milr.training.detector import WEIGHTS_FILE, load_detector_config, train_detector
+    from milr.training.detector import WEIGHTS_FILE, class_names, load_detector_config, train_detector
 
     cfg = load_detector_config("train-world-detector-smoke", [f"output={tmp_path / 'det'}", f"export_to={tmp_path / 'ship'}"])
     out = train_detector(cfg, log=lambda s: None)
-    # The dataset: one label line per surviving ground-truth object (corruption may destroy some).
+    # The dataset: one label line per object read in each image (a corrupted patch may add a fragment).
     labels = sorted((out / "dataset" / "labels" / "train").glob("*.txt"))
     assert len(labels) == cfg.data.n_train
     counts = [len(p.read_text().splitlines()) for p in labels]
-    assert all(0 <= n <= world.MAX_OBJECTS for n in counts) and sum(n > 0 for n in counts) >= 0.7 * len(counts)
+    assert all(0 <= n <= world.MAX_OBJECTS + cfg.data.corrupt_tokens for n in counts)
+    assert sum(n > 0 for n in counts) >= 0.7 * len(counts)
     card = json.loads((tmp_path / "ship" / "card.json").read_text())
-    assert card["classes"] == world.SHAPES and card["imgsz"] == 64 and card["parameters"] > 0
+    assert card["classes"] == class_names(cfg.data) and card["imgsz"] == 64 and card["parameters"] > 0
+    assert card["tiers"] == {"rough": cfg.data.rough_score}
     assert (tmp_path / "ship" / WEIGHTS_FILE).is_file()
     critic = DetectorCritic(weights=str(tmp_path / "ship" / WEIGHTS_FILE), colors="palette", palette="minimug")
-    assert list(critic.names.values()) == world.SHAPES  # class names come from the checkpoint
+    assert list(critic.names.values()) == card["classes"]  # class names come from the checkpoint
+    assert critic.tiers == card["tiers"]
     # The card's inference settings reach the critic unless the recipe sets them.
     assert card["calibration"] is None or card["calibration"]["type"] == "platt"  # None: too few detections to fit
     assert critic.calibration == card["calibration"] and critic.agnostic_nms is True and critic.iou == 0.5
@@ -135,7 +159,9 @@ def test_shipped_detector_card_matches_the_weights_and_its_markdown():
 
     path = shipped_detectors()["world_detector"]
     card = detector_card(path)
-    assert list(dict(load_yolo(path).names).values()) == card["classes"] == world.SHAPES
+    assert list(dict(load_yolo(path).names).values()) == card["classes"]
+    assert [c.partition("/")[0] for c in card["classes"]][:len(world.SHAPES)] == world.SHAPES
+    assert {c.partition("/")[2] for c in card["classes"]} - {""} <= set(card.get("tiers", {}))
     assert card["agreement_with_exact_scorer"]["split"] == "test"
     bench = Path(__file__).resolve().parents[1] / "benchmarks" / "world_detector_agreement.py"
     spec = importlib.util.spec_from_file_location("world_detector_agreement", bench)

@@ -8,10 +8,19 @@ palette colour classifier reads each box's colour.
 
 Training data is the world's *truth*, never the exact scorer's opinion of generated images (that
 would hand the oracle to the critic): scenes are drawn from the world's generators (unconditional
-scenes, and scenes that follow or narrowly violate TRAIN-split prompts), labelled with their
-ground-truth boxes and shapes. Because MiniMUG's images come out of its patch tokenizer, a fraction
-of the rendered scenes is passed through the shipped tokenizer (encode + decode, the
-"reconstruction" augmentation): same labels, the pixels generated images are made of.
+scenes, and scenes that follow or narrowly violate TRAIN-split prompts). Because MiniMUG's images
+come out of its patch tokenizer, a fraction of the rendered scenes is passed through the shipped
+tokenizer (encode + decode, the "reconstruction" augmentation: the pixels generated images are made
+of), and a fraction has patches on or beside objects replaced (a generator's mistakes).
+
+Labels (``data.labels``): ``scene`` -- the scene's objects, an object dropped when corruption left
+its pixels far from its mask; ``reading`` (default) -- the world's reading of each training image's
+own pixels (:func:`milr.world.scorer.detect`, which is exact on rendered scenes): a cross whose arm a
+corrupted patch erased is labelled by what is left. An object read cleanly (score >= ``rough_below``)
+gets its shape's class; one read roughly (``min_score`` <= score < ``rough_below``) the shape's
+``/rough`` class, which the critic scores at most ``rough_score`` (card ``tiers``): an object GenEval's
+0.3 cut keeps and its 0.9 counting cut drops, as Mask2Former's scores do for a malformed object. No
+image MiniMUG generated is ever in the data.
 
 Images are 32x32; YOLO sees them at ``imgsz`` (64 by default, a 2x upscale, so the smallest
 8-pixel object spans 16 input pixels, two cells of the stride-8 head).
@@ -58,6 +67,13 @@ class DetectorData(_Strict):
     corrupt: float = Field(0.0, ge=0, le=1)
     corrupt_tokens: int = Field(3, ge=1, le=16)
     destroyed_iou: float = Field(0.8, gt=0, le=1)
+    labels: Literal["scene", "reading"] = "scene"
+    # With labels=reading: an object read with score in [min_score, rough_below) is "<shape>/rough",
+    # scored at most rough_score by the critic (between GenEval's 0.3 and 0.9 cuts); below min_score it
+    # is background. rough_below=null: one class per shape, every object read at min_score or more.
+    min_score: float = Field(0.3, ge=0, le=1)
+    rough_below: Optional[float] = Field(0.9, gt=0, le=1)
+    rough_score: float = Field(0.6, gt=0, lt=1)
 
 
 class DetectorModel(_Strict):
@@ -171,6 +187,34 @@ def yolo_labels(scene) -> list[str]:
     return lines
 
 
+def class_names(cfg: DetectorData) -> list[str]:
+    """The detector's classes: the world's shapes, then their ``/rough`` tier when the data has one."""
+    from milr import world
+
+    names = list(world.SHAPES)
+    if cfg.labels == "reading" and cfg.rough_below is not None:
+        names += [f"{s}/rough" for s in world.SHAPES]
+    return names
+
+
+def reading_labels(image: np.ndarray, cfg: DetectorData) -> list[str]:
+    """YOLO label lines from the world's reading of ``image``'s own pixels (``uint8 [32, 32, 3]``)."""
+    from milr import world
+    from milr.world import scorer
+
+    size = float(world.IMAGE_SIZE)
+    lines = []
+    for det in scorer.detect(image):
+        if det.score < cfg.min_score:
+            continue
+        cls = world.SHAPES.index(det.cls)
+        if cfg.rough_below is not None and det.score < cfg.rough_below:
+            cls += len(world.SHAPES)
+        x1, y1, x2, y2 = det.box
+        lines.append(f"{cls} {(x1 + x2) / 2 / size:.6f} {(y1 + y2) / 2 / size:.6f} {(x2 - x1) / size:.6f} {(y2 - y1) / size:.6f}")
+    return lines
+
+
 def corrupt_tokens(images: np.ndarray, scenes: list, tokenizer: Any, rng: np.random.Generator,
                    max_tokens: int, destroyed_iou: float) -> tuple[np.ndarray, list[list[bool]]]:
     """Replace 1..``max_tokens`` patches on or beside objects with other object patches.
@@ -267,13 +311,16 @@ def write_dataset(cfg: DetectorData, root: Union[str, Path], tokenizer: Any = No
             for j, (scene, img) in enumerate(zip(scenes, images)):
                 stem = f"{split}_{start + j:07d}"
                 Image.fromarray(img).save(root / "images" / split / f"{stem}.png")
-                lines = [line for line, k in zip(yolo_labels(scene), keep[j]) if k]
+                if cfg.labels == "reading":
+                    lines = reading_labels(img, cfg)
+                else:
+                    lines = [line for line, k in zip(yolo_labels(scene), keep[j]) if k]
                 (root / "labels" / split / f"{stem}.txt").write_text("".join(line + "\n" for line in lines))
         log(f"train-detector: wrote {n} {split} images in {time.time() - t0:.0f}s")
     data_yaml = root / "data.yaml"
     data_yaml.write_text(yaml.safe_dump({
         "path": str(root.resolve()), "train": "images/train", "val": "images/val",
-        "names": {i: s for i, s in enumerate(world.SHAPES)},
+        "names": dict(enumerate(class_names(cfg))),
     }, sort_keys=False))
     return data_yaml
 
@@ -323,7 +370,9 @@ def train_detector(cfg: DetectorTrainConfig, log=print) -> Path:
     card = {
         "name": cfg.name,
         "kind": "detector",
-        "classes": list(world.SHAPES),
+        "classes": class_names(cfg.data),
+        # The critic caps a "<shape>/<tier>" detection's score at the tier's value.
+        "tiers": {"rough": cfg.data.rough_score} if len(class_names(cfg.data)) > len(world.SHAPES) else {},
         "imgsz": t.imgsz,
         "arch": cfg.model.arch,
         "parameters": int(n_params),

@@ -15,6 +15,11 @@ held-out binary oracle (GenEval's pass/fail) over all prompts, and of the final 
     python benchmarks/batch_agreement.py                                  # 60 prompts, MILR-20, batch 1 8 32
     python benchmarks/batch_agreement.py --per-tag 2 --steps 3 --batches 1 4   # a quick look
     python benchmarks/batch_agreement.py --batches 1 64 --repeats 3       # median wall time of 3 interleaved rounds
+    python benchmarks/batch_agreement.py --batches 1 64 --threads 1 2     # every batch size at 1 and at 2 torch threads
+
+With several ``--threads`` each batch size runs at each thread count (interleaved); the speed-up is
+then also given best against best: batch 1 at its fastest thread count (tiny matrices run best on
+one) against the best batched configuration.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import argparse
 import statistics
 import sys
 import time
+
+import torch
 
 from milr.recipe import load_recipe, preflight
 from milr.runner import build_components, solve
@@ -49,49 +56,58 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
     ap.add_argument("--repeats", type=int, default=1,
                     help="interleaved rounds over the batch sizes; wall time is the median (a shared machine is noisy)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the recipe's run.threads)")
+    ap.add_argument("--threads", type=int, nargs="+", default=None,
+                    help="torch threads, one or more counts (default: the recipe's run.threads)")
     args = ap.parse_args(argv)
 
     overrides = [f"prompts.per_tag={args.per_tag}", f"search.steps={args.steps}"]
-    if args.threads:
-        overrides.append(f"run.threads={args.threads}")
     recipe = load_recipe(args.recipe, overrides)
     tasks = preflight(recipe)
     comps = build_components(recipe, "cpu")
     metric = next(iter(comps.evals), None)
+    thread_counts = args.threads or [recipe.run.threads or torch.get_num_threads()]
     print(f"{args.recipe}: {len(tasks)} prompts, search {recipe.search.name} {recipe.search.args}, "
-          f"threads {recipe.run.threads}", flush=True)
+          f"threads {' and '.join(map(str, thread_counts))}", flush=True)
 
-    runs: dict[int, dict[str, dict]] = {}
-    times: dict[int, list[float]] = {b: [] for b in args.batches}
+    configs = [(b, th) for b in args.batches for th in thread_counts]
+    runs: dict[tuple[int, int], dict[str, dict]] = {}
+    times: dict[tuple[int, int], list[float]] = {c: [] for c in configs}
     for rep in range(args.repeats):
-        for b in args.batches:
+        for b, th in configs:
+            torch.set_num_threads(th)
             t = time.perf_counter()
             run = {r.id: comparable(r) for r, _ in solve(comps, tasks, b)}
-            times[b].append(time.perf_counter() - t)
-            if runs.setdefault(b, run) != run:
-                raise SystemExit(f"batch {b}: repeat {rep} wrote other records than repeat 0")
-            print(f"  batch {b} (round {rep + 1}): {times[b][-1]:.1f} s", flush=True)
-    seconds = {b: statistics.median(ts) for b, ts in times.items()}
+            times[b, th].append(time.perf_counter() - t)
+            if runs.setdefault((b, th), run) != run:
+                raise SystemExit(f"batch {b}, {th} threads: repeat {rep} wrote other records than repeat 0")
+            print(f"  batch {b}, {th} thread(s) (round {rep + 1}): {times[b, th][-1]:.1f} s", flush=True)
+    seconds = {c: statistics.median(ts) for c, ts in times.items()}
 
-    ref_b = args.batches[0]
-    ref = runs[ref_b]
+    ref_c = configs[0]
+    ref = runs[ref_c]
     steps = sum(r["steps"] for r in ref.values())
     print(f"\nsearch steps (initial generation included): {steps}, {steps / len(ref):.1f} per prompt\n")
-    print(f"| batch_prompts | wall s (median of {args.repeats}) | speed-up vs {ref_b} | prompts differing | mean final reward | "
-          f"mean {metric} (final) | max |score diff| of a prompt |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for b in args.batches:
-        run = runs[b]
+    print(f"| batch_prompts | threads | wall s (median of {args.repeats}) | speed-up vs batch {ref_c[0]}, same threads | "
+          f"prompts differing | mean final reward | mean {metric} (final) | max |score diff| of a prompt |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for b, th in configs:
+        run = runs[b, th]
         differ = [k for k in ref if run[k] != ref[k]]
         rewards = [run[k]["final"]["reward"] for k in ref]
         evals = [run[k]["final"]["eval"].get(metric) for k in ref] if metric else []
         diffs = [abs(run[k]["final"]["reward"] - ref[k]["final"]["reward"]) for k in differ] or [0.0]
-        print(f"| {b} | {seconds[b]:.1f} | {seconds[ref_b] / seconds[b]:.2f}x | {len(differ)} of {len(ref)} "
-              f"({100 * len(differ) / len(ref):.1f}%) | {mean(rewards):.4f} | "
+        print(f"| {b} | {th} | {seconds[b, th]:.1f} | {seconds[ref_c[0], th] / seconds[b, th]:.2f}x | {len(differ)} of "
+              f"{len(ref)} ({100 * len(differ) / len(ref):.1f}%) | {mean(rewards):.4f} | "
               f"{mean([e for e in evals if e is not None]):.4f} | {max(diffs):.4f} |")
-    best = min(args.batches, key=lambda b: seconds[b])
-    print(f"\nbest batch size: {best} ({seconds[ref_b] / seconds[best]:.2f}x faster than batch {ref_b})")
+    for th in thread_counts:
+        best = min(args.batches, key=lambda b: seconds[b, th])
+        print(f"\n{th} thread(s): best batch size {best}, {seconds[ref_c[0], th] / seconds[best, th]:.2f}x faster than "
+              f"batch {ref_c[0]}")
+    if len(thread_counts) > 1:
+        base = min(((ref_c[0], th) for th in thread_counts), key=seconds.get)
+        best = min(configs, key=seconds.get)
+        print(f"best against best: batch {best[0]} at {best[1]} thread(s) is {seconds[base] / seconds[best]:.2f}x faster "
+              f"than batch {base[0]} at its fastest, {base[1]} thread(s)")
     return 0
 
 

@@ -131,3 +131,23 @@ def test_api_judge_cap_is_one_cap_for_all_workers(cluster, echo_server, tmp_path
     assert echo_server.hits == 5
     (spend,) = (tmp_path / "runs").glob("*/api_judge-spend-*.json")
     assert json.loads(spend.read_text())["calls"] == 5
+
+
+def test_feed_chunks_shrink_as_the_queue_empties_and_a_dead_workers_prompts_come_back():
+    """Guided self-scheduling: a pull takes ceil(left / (4 x workers)) prompts (at most 16), so the
+    last pulls take one prompt each; give_back returns everything a worker pulled, in prompt order."""
+    from types import SimpleNamespace
+
+    from milr.executors.ray_executor import Feed
+
+    tasks = [SimpleNamespace(id=f"p{i}", index=i) for i in range(100)]
+    feed = Feed(tasks, workers=2)
+    sizes, pulled = [], {0: [], 1: []}
+    while chunk := feed.pull(len(sizes) % 2):
+        pulled[len(sizes) % 2] += [t.index for t in chunk]
+        sizes.append(len(chunk))
+    assert sizes[0] == 13 and sizes == sorted(sizes, reverse=True) and sizes[-3:] == [1, 1, 1]
+    assert sorted(pulled[0] + pulled[1]) == list(range(100)) and sum(sizes) == 100
+    assert [t.index for t in feed.give_back(1)] == sorted(pulled[1]) and feed.give_back(1) == []
+    assert feed.requeue([tasks[5]]) == 1 and feed.pull(0) == [tasks[5]]
+    assert len(Feed(tasks, workers=1).pull(0)) == 16  # ceil(100 / 4) = 25, capped

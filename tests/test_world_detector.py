@@ -43,6 +43,31 @@ def test_reading_labels_are_exact_on_rendered_scenes_and_tier_rough_objects():
     assert class_names(one_tier) == world.SHAPES and int(reading_labels(blob, one_tier)[0].split()[0]) == 1
 
 
+def test_morphed_objects_blend_two_shapes_and_need_reading_labels():
+    """render_morphed keeps each object's colour near its box; a blend is named by the world's reading
+    (so morph without labels=reading is a config error)."""
+    from pydantic import ValidationError
+
+    from milr.training.detector import DetectorData, reading_labels, render_morphed
+
+    rng = np.random.default_rng(1)
+    cfg = DetectorData(labels="reading", morph=1.0)
+    read_as_other, n = 0, 0
+    for _ in range(60):
+        scene = world.random_scene(rng, n_objects=1)
+        (obj,) = scene.objects
+        img = render_morphed(scene, rng)
+        x1, y1, x2, y2 = world.obj_box(obj)
+        painted = np.argwhere((img != 255).any(-1))
+        assert len(painted) and painted.min(0).tolist() >= [y1 - 1, x1 - 1] and painted.max(0).tolist() <= [y2, x2]
+        lines = reading_labels(img, cfg)
+        n += 1
+        read_as_other += any(int(line.split()[0]) % len(world.SHAPES) != world.SHAPES.index(obj.shape) for line in lines)
+    assert 0 < read_as_other < n  # a continuum: some blends read as the other shape, most as their own
+    with pytest.raises(ValidationError, match="labels: reading"):
+        DetectorData(morph=0.3)
+
+
 def test_detector_config_errors_name_the_key(tmp_path):
     from milr.cli import main
     from milr.recipe import RecipeError

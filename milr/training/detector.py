@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Sequence, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 WEIGHTS_FILE = "world_detector.pt"
 
@@ -68,12 +68,22 @@ class DetectorData(_Strict):
     corrupt_tokens: int = Field(3, ge=1, le=16)
     destroyed_iou: float = Field(0.8, gt=0, le=1)
     labels: Literal["scene", "reading"] = "scene"
+    # Share of images whose objects are redrawn as blends of their shape and another, stretched and
+    # resized (the in-between shapes a generator draws); needs labels=reading, which names each blend.
+    morph: float = Field(0.0, ge=0, le=1)
     # With labels=reading: an object read with score in [min_score, rough_below) is "<shape>/rough",
     # scored at most rough_score by the critic (between GenEval's 0.3 and 0.9 cuts); below min_score it
     # is background. rough_below=null: one class per shape, every object read at min_score or more.
     min_score: float = Field(0.3, ge=0, le=1)
     rough_below: Optional[float] = Field(0.9, gt=0, le=1)
     rough_score: float = Field(0.6, gt=0, lt=1)
+
+
+    @model_validator(mode="after")
+    def _morph_needs_reading(self) -> "DetectorData":
+        if self.morph > 0 and self.labels != "reading":
+            raise ValueError("morph > 0 needs labels: reading (a blend of two shapes has no scene label)")
+        return self
 
 
 class DetectorModel(_Strict):
@@ -215,6 +225,38 @@ def reading_labels(image: np.ndarray, cfg: DetectorData) -> list[str]:
     return lines
 
 
+def render_morphed(scene, rng: np.random.Generator) -> np.ndarray:
+    """The scene with every object redrawn as a blend of its shape and a random other one.
+
+    Pixel ``p`` of an object is on when ``a * A(p) + (1 - a) * B(p) + noise(p) > 0.5`` (``A``, ``B``
+    the two shapes' masks at the object's box, ``a ~ U(0.35, 1)``, smooth noise), in a box whose
+    sides are stretched or shrunk by up to 2 pixels: a continuum from clean shapes to ones the
+    world's reading gives to the other shape or to none. Labels come from that reading.
+    """
+    from scipy import ndimage
+
+    from milr import world
+    from milr.world.palette import BACKGROUND, COLORS
+
+    size = world.IMAGE_SIZE
+    img = np.empty((size, size, 3), np.uint8)
+    img[:] = BACKGROUND
+    for obj in scene.objects:
+        x1, y1, x2, y2 = world.obj_box(obj)
+        x1, y1 = x1 - int(rng.integers(-1, 2)), y1 - int(rng.integers(-1, 2))
+        x2, y2 = x2 + int(rng.integers(-1, 2)), y2 + int(rng.integers(-1, 2))
+        x1, y1, x2, y2 = max(0, x1), max(0, y1), min(size, x2), min(size, y2)
+        h, w = y2 - y1, x2 - x1
+        if h < 2 or w < 2:
+            continue
+        other = world.SHAPES[int(rng.integers(len(world.SHAPES)))]
+        a = rng.uniform(0.35, 1.0)
+        noise = ndimage.gaussian_filter(rng.normal(0, 1, (h, w)), 1.0) * rng.uniform(0, 0.6)
+        field = a * world.shape_mask(obj.shape, h, w) + (1 - a) * world.shape_mask(other, h, w) + noise
+        img[y1:y2, x1:x2][field > 0.5] = COLORS[obj.color]
+    return img
+
+
 def corrupt_tokens(images: np.ndarray, scenes: list, tokenizer: Any, rng: np.random.Generator,
                    max_tokens: int, destroyed_iou: float) -> tuple[np.ndarray, list[list[bool]]]:
     """Replace 1..``max_tokens`` patches on or beside objects with other object patches.
@@ -297,6 +339,8 @@ def write_dataset(cfg: DetectorData, root: Union[str, Path], tokenizer: Any = No
             count = min(256, n - start)
             scenes = [_scene_for_kind(kinds[int(rng.choice(3, p=shares))], rng) for _ in range(count)]
             images = np.stack([world.render(s) for s in scenes])
+            for j in np.flatnonzero(rng.random(count) < cfg.morph):
+                images[j] = render_morphed(scenes[j], rng)
             u = rng.random(count)
             recon = u < cfg.reconstruct + cfg.corrupt
             keep = [[True] * len(s.objects) for s in scenes]
@@ -489,7 +533,7 @@ def _fit_platt(conf: np.ndarray, hits: np.ndarray, return_nll: bool = False):
         return loss
 
     opt.step(closure)
-    a, b = float(params[0]), float(params[1])
+    a, b = float(params[0].detach()), float(params[1].detach())
     if not return_nll:
         return a, b
     with torch.no_grad():

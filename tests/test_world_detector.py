@@ -89,13 +89,14 @@ def test_detector_config_errors_name_the_key(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_detector_smoke_recipe_trains_and_loads_in_the_critic(tmp_path):
+@pytest.mark.parametrize("scheme", [[], ["data.labels=reading", "data.morph=0.3"]], ids=["scene", "reading"])
+def test_train_detector_smoke_recipe_trains_and_loads_in_the_critic(tmp_path, scheme):
     from milr.critics.detector import DetectorCritic
     from milr.training.detector import WEIGHTS_FILE, class_names, load_detector_config, train_detector
 
-    cfg = load_detector_config("train-world-detector-smoke", [f"output={tmp_path / 'det'}", f"export_to={tmp_path / 'ship'}"])
+    cfg = load_detector_config("train-world-detector-smoke", [f"output={tmp_path / 'det'}", f"export_to={tmp_path / 'ship'}", *scheme])
     out = train_detector(cfg, log=lambda s: None)
-    # The dataset: one label line per object read in each image (a corrupted patch may add a fragment).
+    # The dataset: one label line per object (reading labels: per object read; a corrupted patch may add a fragment).
     labels = sorted((out / "dataset" / "labels" / "train").glob("*.txt"))
     assert len(labels) == cfg.data.n_train
     counts = [len(p.read_text().splitlines()) for p in labels]
@@ -103,7 +104,8 @@ def test_train_detector_smoke_recipe_trains_and_loads_in_the_critic(tmp_path):
     assert sum(n > 0 for n in counts) >= 0.7 * len(counts)
     card = json.loads((tmp_path / "ship" / "card.json").read_text())
     assert card["classes"] == class_names(cfg.data) and card["imgsz"] == 64 and card["parameters"] > 0
-    assert card["tiers"] == {"rough": cfg.data.rough_score}
+    assert card["tiers"] == ({"rough": cfg.data.rough_score} if scheme else {})
+    assert len(card["classes"]) == (2 if scheme else 1) * len(world.SHAPES)
     assert (tmp_path / "ship" / WEIGHTS_FILE).is_file()
     critic = DetectorCritic(weights=str(tmp_path / "ship" / WEIGHTS_FILE), colors="palette", palette="minimug")
     assert list(critic.names.values()) == card["classes"]  # class names come from the checkpoint

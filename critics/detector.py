@@ -347,7 +347,7 @@ class DetectorCritic(Critic):
         for name in self.names.values():
             tier = name.partition("/")[2]
             if tier and tier not in self.tiers:
-                raise ValueError(f"detector: class {name!r} has tier {tier!r} but the card's tiers are {sorted(self.tiers)}")
+                raise ValueError(f"detector: class {name!r} has tier {tier!r} but the tiers (argument or card) are {sorted(self.tiers)}")
         unknown = set(self.class_map) - {self._base(n) for n in self.names.values()}
         if self.names and unknown and class_map is not YOLO_COCO_TO_GENEVAL:
             raise ValueError(

@@ -13,8 +13,8 @@ come out of its patch tokenizer, a fraction of the rendered scenes is passed thr
 tokenizer (encode + decode, the "reconstruction" augmentation: the pixels generated images are made
 of), and a fraction has patches on or beside objects replaced (a generator's mistakes).
 
-Labels (``data.labels``): ``scene`` -- the scene's objects, an object dropped when corruption left
-its pixels far from its mask; ``reading`` (default) -- the world's reading of each training image's
+Labels (``data.labels``): ``scene`` (default, the shipped detector) -- the scene's objects, an
+object dropped when corruption left its pixels far from its mask; ``reading`` -- the world's reading of each training image's
 own pixels (:func:`milr.world.scorer.detect`, which is exact on rendered scenes): a cross whose arm a
 corrupted patch erased is labelled by what is left. An object read cleanly (score >= ``rough_below``)
 gets its shape's class; one read roughly (``min_score`` <= score < ``rough_below``) the shape's
@@ -77,7 +77,6 @@ class DetectorData(_Strict):
     min_score: float = Field(0.3, ge=0, le=1)
     rough_below: Optional[float] = Field(0.9, gt=0, le=1)
     rough_score: float = Field(0.6, gt=0, lt=1)
-
 
     @model_validator(mode="after")
     def _morph_needs_reading(self) -> "DetectorData":
@@ -184,17 +183,20 @@ def _scene_for_kind(kind: str, rng: np.random.Generator):
     return world.sample_scene_violating(md, rng)
 
 
+def _yolo_line(cls: int, box: Sequence[float]) -> str:
+    """One YOLO label line ``cls cx cy w h``, normalised to the world's canvas."""
+    from milr import world
+
+    size = float(world.IMAGE_SIZE)
+    x1, y1, x2, y2 = box
+    return f"{cls} {(x1 + x2) / 2 / size:.6f} {(y1 + y2) / 2 / size:.6f} {(x2 - x1) / size:.6f} {(y2 - y1) / size:.6f}"
+
+
 def yolo_labels(scene) -> list[str]:
     """YOLO label lines ``cls cx cy w h`` (normalised) from a scene's ground-truth objects."""
     from milr import world
 
-    size = float(world.IMAGE_SIZE)
-    lines = []
-    for obj in scene.objects:
-        x1, y1, x2, y2 = world.obj_box(obj)
-        cls = world.SHAPES.index(obj.shape)
-        lines.append(f"{cls} {(x1 + x2) / 2 / size:.6f} {(y1 + y2) / 2 / size:.6f} {(x2 - x1) / size:.6f} {(y2 - y1) / size:.6f}")
-    return lines
+    return [_yolo_line(world.SHAPES.index(obj.shape), world.obj_box(obj)) for obj in scene.objects]
 
 
 def class_names(cfg: DetectorData) -> list[str]:
@@ -212,16 +214,12 @@ def reading_labels(image: np.ndarray, cfg: DetectorData) -> list[str]:
     from milr import world
     from milr.world import scorer
 
-    size = float(world.IMAGE_SIZE)
     lines = []
     for det in scorer.detect(image):
         if det.score < cfg.min_score:
             continue
-        cls = world.SHAPES.index(det.cls)
-        if cfg.rough_below is not None and det.score < cfg.rough_below:
-            cls += len(world.SHAPES)
-        x1, y1, x2, y2 = det.box
-        lines.append(f"{cls} {(x1 + x2) / 2 / size:.6f} {(y1 + y2) / 2 / size:.6f} {(x2 - x1) / size:.6f} {(y2 - y1) / size:.6f}")
+        rough = cfg.rough_below is not None and det.score < cfg.rough_below
+        lines.append(_yolo_line(world.SHAPES.index(det.cls) + (len(world.SHAPES) if rough else 0), det.box))
     return lines
 
 
@@ -411,12 +409,13 @@ def train_detector(cfg: DetectorTrainConfig, log=print) -> Path:
     metrics = _val_metrics(out / "yolo")
     calibration = fit_calibration(out / WEIGHTS_FILE, out / "dataset", t.imgsz)
     n_params = sum(p.numel() for p in yolo.model.parameters())
+    names = class_names(cfg.data)
     card = {
         "name": cfg.name,
         "kind": "detector",
-        "classes": class_names(cfg.data),
+        "classes": names,
         # The critic caps a "<shape>/<tier>" detection's score at the tier's value.
-        "tiers": {"rough": cfg.data.rough_score} if len(class_names(cfg.data)) > len(world.SHAPES) else {},
+        "tiers": {"rough": cfg.data.rough_score} if len(names) > len(world.SHAPES) else {},
         "imgsz": t.imgsz,
         "arch": cfg.model.arch,
         "parameters": int(n_params),

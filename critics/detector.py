@@ -31,7 +31,14 @@ Colour classifiers (``colors``):
 
 Rewards in [0, 1], higher is better: ``mode="binary"`` gives GenEval's pass (1) / fail (0);
 ``mode="partial"`` gives 1 when correct, else ``partial_weight`` times the fraction of GenEval
-sub-checks passed (the same convention as ``world_oracle``).
+sub-checks passed (the same convention as ``world_oracle``). ``mode="confident"`` is ``partial``
+for a failing image and, for a passing one, ``partial_weight + (1 - partial_weight) * c`` with ``c``
+the verdict's certainty: the least certain detection of a class the prompt names, a detection's
+certainty being ``max(score, 1 - score)`` (a box near a cut could flip the verdict). Every pass
+still outranks every failure, and a search that stops at a reward near 1 keeps looking after a
+doubtful pass. Why: a learned detector's passes are often wrong when one of its boxes is unsure
+(on MiniMUG TRAIN-split generations, false passes have median certainty 0.93 against 0.98 for
+true passes), so stopping at the first pass stops at many of its mistakes.
 
 Offline: :func:`ultralytics_offline` (called before ultralytics is imported) sets
 ``YOLO_OFFLINE``/``YOLO_AUTOINSTALL``, disables settings sync and puts matplotlib's DejaVuSans in
@@ -60,7 +67,7 @@ from milr.interfaces import Critic, given_arg
 from milr.registry import CRITICS
 
 VERSION = "1"
-MODES = ("binary", "partial")
+MODES = ("binary", "partial", "confident")
 GENEVAL_COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
 COLOR_TEMPLATES = ("a photo of a {c} {cls}", "a photo of a {c}-colored {cls}", "a photo of a {c} object")
 GENEVAL_GREY = (0x99, 0x99, 0x99)
@@ -267,6 +274,14 @@ def _resolve_palette(palette: Union[str, Mapping[str, Sequence[int]], None]) -> 
     return palette
 
 
+def verdict_certainty(metadata: Mapping[str, Any], detections: Sequence[Detection]) -> float:
+    """How sure the detector is of a verdict: the least ``max(score, 1 - score)`` over detections of
+    classes the prompt names (included or excluded); 1.0 when there are none."""
+    names = {c.get("class") for c in list(metadata.get("include", [])) + list(metadata.get("exclude", []))}
+    sure = [max(d.score, 1.0 - d.score) for d in detections if d.cls in names]
+    return float(min(sure)) if sure else 1.0
+
+
 # ---------------------------------------------------------------------------------------------
 # The critic
 # ---------------------------------------------------------------------------------------------
@@ -293,7 +308,7 @@ class DetectorCritic(Critic):
         self,
         weights: Any,
         class_map: Union[str, Mapping[str, Optional[str]], None] = None,
-        mode: Literal["binary", "partial"] = "binary",
+        mode: Literal["binary", "partial", "confident"] = "binary",
         partial_weight: Fraction = 0.5,
         colors: Literal["clip", "palette"] = "clip",
         clip_arch: str = "ViT-L-14",
@@ -461,8 +476,10 @@ class DetectorCritic(Critic):
 
             res = evaluate(md, dets, color_of=color_of)
             self.last_results.append(res)
-            if res.correct:
+            if res.correct and self.mode == "confident":
+                rewards.append(self.partial_weight + (1.0 - self.partial_weight) * verdict_certainty(md, dets))
+            elif res.correct:
                 rewards.append(1.0)
             else:
-                rewards.append(self.partial_weight * res.partial if self.mode == "partial" else 0.0)
+                rewards.append(self.partial_weight * res.partial if self.mode in ("partial", "confident") else 0.0)
         return torch.tensor(rewards, dtype=torch.float32, device=images.device)

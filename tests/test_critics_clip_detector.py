@@ -321,6 +321,28 @@ def test_detector_partial_mode_is_dense():
     assert run(make_detector(attr_half, mode="partial", partial_weight=1.0), ATTR) == [0.75]
 
 
+def test_detector_confident_mode_scales_a_pass_by_its_least_certain_box():
+    sure = [D("circle", (0, 0, 9, 9), 0.96), D("square", (20, 20, 29, 29), 0.98)]
+    # A pass: 0.5 + 0.5 * min certainty, certainty = max(score, 1 - score).
+    assert run(make_detector([sure], mode="confident"), TWO) == pytest.approx([0.5 + 0.5 * 0.96])
+    # A doubtful extra circle (0.4, certainty 0.6) keeps the verdict but lowers the reward...
+    doubt = sure + [D("circle", (20, 0, 29, 9), 0.4)]
+    assert run(make_detector([doubt], mode="confident"), TWO) == pytest.approx([0.5 + 0.5 * 0.6])
+    assert run(make_detector([doubt], mode="partial"), TWO) == [1.0]
+    # ...a box of a class the prompt does not name does not.
+    other = sure + [D("triangle", (20, 0, 29, 9), 0.4)]
+    assert run(make_detector([other], mode="confident"), TWO) == pytest.approx([0.5 + 0.5 * 0.96])
+    # Excluded classes are named by the prompt: a 0.85 third circle (below the counting cut) is doubt.
+    two = [D("circle", (0, 0, 8, 8), 0.99), D("circle", (12, 0, 20, 8), 0.99)]
+    third = two + [D("circle", (24, 0, 31, 8), 0.85)]
+    assert run(make_detector([third], mode="confident"), COUNT2) == pytest.approx([0.5 + 0.5 * 0.85])
+    # A failure scores as in partial mode, below every pass (the lowest pass is 0.75).
+    one_of_two = [[D("circle", (0, 0, 9, 9))]]
+    assert run(make_detector(one_of_two, mode="confident"), TWO) == run(make_detector(one_of_two, mode="partial"), TWO) == [0.25]
+    with pytest.raises(ValueError, match="mode"):
+        make_detector([[]], mode="confidence")
+
+
 def test_detector_class_map_and_bad_inputs(tmp_path):
     critic = make_detector([[D("circle", (0, 0, 9, 9))]], class_map={"ball": "circle"})
     assert critic.class_map == {"ball": "circle"}

@@ -16,6 +16,7 @@ held-out binary oracle (GenEval's pass/fail) over all prompts, and of the final 
     python benchmarks/batch_agreement.py --per-tag 2 --steps 3 --batches 1 4   # a quick look
     python benchmarks/batch_agreement.py --batches 1 64 --repeats 3       # median wall time of 3 interleaved rounds
     python benchmarks/batch_agreement.py --batches 1 64 --threads 1 2     # every batch size at 1 and at 2 torch threads
+    python benchmarks/batch_agreement.py --batches 1 64 --critical-path   # and the bound the slowest prompts set
 
 With several ``--threads`` each batch size runs at each thread count (interleaved); the speed-up is
 then also given best against best: batch 1 at its fastest thread count (tiny matrices run best on
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
     ap.add_argument("--repeats", type=int, default=1,
                     help="interleaved rounds over the batch sizes; wall time is the median (a shared machine is noisy)")
+    ap.add_argument("--critical-path", action="store_true",
+                    help="also time the prompts that ran every step, alone in one batch: no batch size beats that")
     ap.add_argument("--threads", type=int, nargs="+", default=None,
                     help="torch threads, one or more counts (default: the recipe's run.threads)")
     args = ap.parse_args(argv)
@@ -108,7 +111,30 @@ def main(argv: list[str] | None = None) -> int:
         best = min(configs, key=seconds.get)
         print(f"best against best: batch {best[0]} at {best[1]} thread(s) is {seconds[base] / seconds[best]:.2f}x faster "
               f"than batch {base[0]} at its fastest, {base[1]} thread(s)")
+    if args.critical_path:
+        critical_path(comps, tasks, ref, seconds[ref_c], thread_counts[0], args.repeats)
     return 0
+
+
+def critical_path(comps, tasks: list, ref: dict[str, dict], batch1_seconds: float, threads: int, repeats: int) -> None:
+    """Time the prompts that ran the most steps, alone in one batch, and print the bound it sets.
+
+    A prompt's steps run one after another, so any batched run of these prompts contains the
+    rounds in which these run all their steps, each with at least their rows: however many other
+    prompts share a round, the whole run cannot take less time than these alone (up to noise).
+    """
+    most = max(r["steps"] for r in ref.values())
+    slow = [t for t in tasks if ref[t.id]["steps"] == most]
+    torch.set_num_threads(threads)
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        list(solve(comps, slow, len(slow)))
+        ts.append(time.perf_counter() - t)
+    alone = statistics.median(ts)
+    print(f"\ncritical path: the {len(slow)} prompt(s) that ran all {most} steps, alone in one batch, take {alone:.1f} s "
+          f"(median of {repeats}); no batch size can make this run more than {batch1_seconds / alone:.2f}x faster "
+          f"than batch 1 ({batch1_seconds:.1f} s)")
 
 
 if __name__ == "__main__":

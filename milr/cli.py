@@ -6,6 +6,7 @@
     milr list [critics|searches|models|suites]
     milr compare RECIPE --searches reinforce,best_of_n,cma_es [key.path=value ...]
     milr compare --recipes oracle=quickstart-oracle,quickstart=quickstart [key.path=value ...] --out DIR
+    milr compare --pool DIR,DIR,... --out DIR
     milr train minimug CONFIG [key.path=value ...] [--out DIR]
     milr train-critic RECIPE [key.path=value ...] [--resume]
     milr train-detector RECIPE [key.path=value ...]
@@ -152,6 +153,18 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from milr.errors import UserError
 
     overrides = list(args.overrides)
+    if args.pool:
+        if args.recipes or args.searches or args.recipe or overrides:
+            raise UserError("milr compare --pool: give only the comparison folders and --out (they ran already)")
+        if not args.out:
+            raise UserError("milr compare --pool: give --out DIR")
+        from milr.compare_critics import pool_comparisons
+
+        try:
+            print(pool_comparisons([x.strip() for x in args.pool.split(",") if x.strip()], args.out))
+        except ValueError as e:
+            raise UserError(f"milr compare: {e}") from None
+        return 0
     if args.recipes:
         # `milr compare --recipes a=x,b=y key=value ...`: the first bare override lands in `recipe`.
         if args.searches or (args.recipe and "=" not in args.recipe):
@@ -271,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("overrides", nargs="*")
     c.add_argument("--searches", help="comma-separated search specs, run on RECIPE")
     c.add_argument("--recipes", help="label=recipe,... : one search critic per recipe, same prompts and budget")
+    c.add_argument("--pool", help="DIR,DIR,... : one table over finished --recipes comparisons (other seeds or prompts)")
     c.add_argument("--out", default=None, help="output folder (default: under run.output_dir)")
     c.set_defaults(fn=_cmd_compare)
 

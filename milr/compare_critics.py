@@ -15,6 +15,12 @@ oracle verdict (:mod:`milr.benchmarks.oracle`).
 
 Outputs ``critic-gains.md`` / ``critic-gains.json`` (strict JSON) and one run folder per label under
 ``OUT/runs``; a killed comparison resumes: a label whose run folder exists is resumed, not rerun.
+
+With 48 prompts one prompt moves a category by 0.125, so one seed's table is noisy. ``--pool``
+pools finished comparisons (other seeds, other prompts; one budget) into one table, each search
+(seed, prompt) one unit of the bootstrap:
+
+    milr compare --pool docs/results/critic-gains-test,docs/results/critic-gains-test-seed1 --out pooled
 """
 
 from __future__ import annotations
@@ -134,6 +140,86 @@ def parse_recipes(text: str) -> dict[str, str]:
         out[label] = recipe
     if not out:
         raise ValueError("--recipes: give at least one label=recipe")
+    return out
+
+
+def pool_rows(runs: Sequence[tuple[str, int, Optional[int], dict[str, list[dict]]]]) -> dict[str, list[dict]]:
+    """Rows of several comparisons as one set: ``runs`` holds ``(name, seed, budget, rows by label)``.
+
+    A prompt searched at two seeds is two units (ids become ``"seed<k>/<id>"``); the same search
+    twice would count one result double and is an error, as are different budgets. Labels missing
+    from some comparison are left out (their rows would not cover the same searches).
+    """
+    if not runs:
+        raise ValueError("--pool: give at least one comparison folder")
+    budgets = {budget for _, _, budget, _ in runs}
+    if len(budgets) > 1:
+        raise ValueError(f"--pool: the comparisons have different generator-token budgets {sorted(budgets, key=str)}; "
+                         "pool only runs at one budget")
+    labels = [lab for lab in runs[0][3] if all(lab in rows for _, _, _, rows in runs)]
+    if not labels:
+        raise ValueError("--pool: no recipe label is in every comparison")
+    pooled: dict[str, list[dict]] = {lab: [] for lab in labels}
+    seen: dict[str, str] = {}
+    for name, seed, _, rows in runs:
+        for lab in labels:
+            for r in rows[lab]:
+                uid = f"seed{seed}/{r['id']}"
+                if lab == labels[0]:
+                    if uid in seen:
+                        raise ValueError(f"--pool: {r['id']} at seed {seed} is in both {seen[uid]} and {name}; "
+                                         "each search may count once")
+                    seen[uid] = name
+                pooled[lab].append(dict(r, id=uid))
+    return pooled
+
+
+def _label_run(folder: Path, label: str) -> Path:
+    """A comparison's run folder for ``label``: ``runs/<label>-<time>`` (latest) or ``records/<label>``."""
+    runs = sorted(p for p in (folder / "runs").glob(f"{label}-*") if (p / "manifest.json").is_file())
+    if runs:
+        return runs[-1]
+    if (folder / "records" / label / "manifest.json").is_file():
+        return folder / "records" / label
+    raise ValueError(f"--pool: {folder} has no run folder for {label!r} (runs/{label}-* or records/{label})")
+
+
+def pool_comparisons(folders: Sequence[str | Path], output_dir: str | Path, oracle_label: str = "oracle",
+                     metric: Optional[str] = None, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> Path:
+    """One table over finished ``milr compare --recipes`` folders; write and return the output folder."""
+    from milr.records import RunRecord
+
+    runs, recipes, verdicts, described = [], {}, {}, []
+    for f in map(Path, folders):
+        meta = f / "critic-gains.json"
+        if not meta.is_file():
+            raise ValueError(f"--pool: {f} is not a `milr compare --recipes` output folder (no critic-gains.json)")
+        labels = json.loads(meta.read_text())["recipes"]
+        rows, seed, budget = {}, None, None
+        for label, recipe in labels.items():
+            if recipes.setdefault(label, recipe) != recipe:
+                raise ValueError(f"--pool: label {label!r} is {recipes[label]!r} in one comparison and {recipe!r} in {f}")
+            run_dir = _label_run(f, label)
+            rows[label] = load_rows(run_dir, metric)
+            verdicts.setdefault(label, RunRecord(run_dir).oracle().label())
+            run = json.loads((run_dir / "manifest.json").read_text()).get("recipe", {}).get("run", {})
+            seed, budget = run.get("seed", seed), run.get("budget", {}).get("generator_tokens", budget)
+        runs.append((str(f), seed, budget, rows))
+        described.append(f"`{f}` (seed {seed}, {len(next(iter(rows.values())))} prompts)")
+    pooled = pool_rows(runs)
+    summary = summarise(pooled, oracle_label)
+    for label, v in summary.items():
+        v["oracle"] = verdicts[label]
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md = (f"MILR under each search critic, pooled over {len(runs)} comparisons ({len(next(iter(pooled.values())))} "
+          f"searches per recipe, at most {runs[0][2]} generator tokens per prompt): {', '.join(described)}. Held-out "
+          "metric: each recipe's first `evaluate:` critic; overall = mean of category means, 95% bootstrap intervals over "
+          "searches within categories.\n\n" + table(summary, {lab: recipes[lab] for lab in summary}))
+    (out / "critic-gains.md").write_text(md)
+    (out / "critic-gains.json").write_text(json.dumps({"pooled": [str(f) for f in folders], "recipes": {lab: recipes[lab] for lab in summary},
+                                                       "summary": summary}, indent=2, allow_nan=False))
+    log(md)
     return out
 
 

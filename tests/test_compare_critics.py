@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from milr.compare_critics import bootstrap_overall, parse_recipes, summarise
+from milr.compare_critics import bootstrap_overall, parse_recipes, pool_rows, summarise
 
 
 def _rows(spec):
@@ -40,6 +40,25 @@ def test_bootstrap_interval_of_a_constant_is_the_constant():
     assert bootstrap_overall(v, t, ["a", "b"], n=200) == (0.5, 0.5)
 
 
+def test_pool_rows_counts_each_search_once_at_one_budget():
+    a = {"oracle": _rows([("counting", 0, 1), ("position", 0, 1)]), "other": _rows([("counting", 0, 0), ("position", 0, 1)]),
+         "only_a": _rows([("counting", 0, 0), ("position", 0, 0)])}
+    b = {"oracle": _rows([("counting", 1, 1), ("position", 0, 1)]), "other": _rows([("counting", 1, 0), ("position", 0, 1)])}
+    pooled = pool_rows([("a", 0, 3200, a), ("b", 1, 3200, b)])
+    assert list(pooled) == ["oracle", "other"]  # a label absent from one comparison is left out
+    assert [r["id"] for r in pooled["other"]] == ["seed0/p0", "seed0/p1", "seed1/p0", "seed1/p1"]
+    s = summarise(pooled, "oracle")
+    # oracle: counting 0.5 -> 1, position 0 -> 1 (gain 0.75); other: counting 0.5 -> 0, position 0 -> 1 (gain 0.25).
+    assert s["oracle"]["gain"] == 0.75 and s["other"]["gain"] == 0.25 and s["other"]["share_of_oracle_gain"] == 1 / 3
+    assert (s["other"]["fixed"], s["other"]["broken"]) == (2, 1)
+    with pytest.raises(ValueError, match="each search may count once"):
+        pool_rows([("a", 0, 3200, a), ("a again", 0, 3200, a)])
+    with pytest.raises(ValueError, match="different generator-token budgets"):
+        pool_rows([("a", 0, 3200, a), ("b", 1, 1600, b)])
+    with pytest.raises(ValueError, match="no recipe label"):
+        pool_rows([("a", 0, 3200, {"x": a["oracle"]}), ("b", 1, 3200, {"y": b["oracle"]})])
+
+
 def test_parse_recipes():
     assert parse_recipes("oracle=quickstart-oracle, quickstart") == {"oracle": "quickstart-oracle", "quickstart": "quickstart"}
     for bad in ("", "a=x,a=y", "=x"):
@@ -67,3 +86,17 @@ def test_compare_recipes_end_to_end_same_initial_images_and_resume(tmp_path, cap
     folders = sorted(p.name for p in (out / "runs").iterdir())
     assert main(args) == 0  # a second call resumes the finished runs instead of running again
     assert sorted(p.name for p in (out / "runs").iterdir()) == folders
+
+    # Another seed, then one table over both: every search once, the gain the mean of the two.
+    out1 = tmp_path / "cmp1"
+    assert main([a if a != str(out) else str(out1) for a in args] + ["run.seed=1"]) == 0
+    gains = [json.loads((o / "critic-gains.json").read_text())["summary"]["detector"]["gain"] for o in (out, out1)]
+    pooled = tmp_path / "pooled"
+    assert main(["compare", "--pool", f"{out},{out1}", "--out", str(pooled)]) == 0
+    p = json.loads((pooled / "critic-gains.json").read_text())["summary"]
+    assert p["detector"]["n"] == 2 * rows["detector"]["n"]
+    assert p["detector"]["gain"] == pytest.approx(sum(gains) / 2)
+    assert "pooled over 2 comparisons" in (pooled / "critic-gains.md").read_text()
+    assert main(["compare", "--pool", f"{out},{out}", "--out", str(tmp_path / "twice")]) == 2
+    assert "each search may count once" in capsys.readouterr().err
+    assert main(["compare", "--pool", str(tmp_path), "--out", str(tmp_path / "x")]) == 2

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -58,6 +58,28 @@ def load_rows(run_dir: Path, metric: Optional[str]) -> list[dict]:
         rows.append({"id": r.id, "tag": r.tag, "before": float(ev_i[key]), "after": float(ev_f[key]),  # type: ignore[arg-type]
                      "tokens": budget.generator_tokens, "critic_calls": budget.critic_calls})
     return rows
+
+
+def read_label_run(run_dir: Path, metric: Optional[str]) -> tuple[list[dict], str, Any, Any]:
+    """A finished label's rows, its oracle verdict, and the seed and generator-token budget it ran at."""
+    from milr.records import RunRecord
+
+    run = json.loads((run_dir / "manifest.json").read_text()).get("recipe", {}).get("run", {})
+    return (load_rows(run_dir, metric), RunRecord(run_dir).oracle().label(), run.get("seed"),
+            run.get("budget", {}).get("generator_tokens"))
+
+
+def write_outputs(out: Path, header: str, summary: dict, verdicts: dict[str, str], recipes: dict[str, str],
+                  payload: dict, log: Callable[[str], None]) -> Path:
+    """Each row's oracle verdict into ``summary``; ``critic-gains.md`` (``header`` + table) / ``.json`` into ``out``."""
+    for label, v in summary.items():
+        v["oracle"] = verdicts[label]
+    md = header + "\n\n" + table(summary, recipes)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "critic-gains.md").write_text(md)
+    (out / "critic-gains.json").write_text(json.dumps(dict(payload, summary=summary), indent=2, allow_nan=False))
+    log(md)
+    return out
 
 
 def _overall(values: np.ndarray, tags: np.ndarray, order: list[str]) -> float:
@@ -187,40 +209,33 @@ def _label_run(folder: Path, label: str) -> Path:
 def pool_comparisons(folders: Sequence[str | Path], output_dir: str | Path, oracle_label: str = "oracle",
                      metric: Optional[str] = None, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> Path:
     """One table over finished ``milr compare --recipes`` folders; write and return the output folder."""
-    from milr.records import RunRecord
-
     runs, recipes, verdicts, described = [], {}, {}, []
     for f in map(Path, folders):
         meta = f / "critic-gains.json"
         if not meta.is_file():
             raise ValueError(f"--pool: {f} is not a `milr compare --recipes` output folder (no critic-gains.json)")
-        labels = json.loads(meta.read_text())["recipes"]
+        try:
+            labels = json.loads(meta.read_text()).get("recipes")
+        except (ValueError, AttributeError) as e:
+            raise ValueError(f"--pool: {meta} is not a comparison's JSON ({e})") from None
+        if not isinstance(labels, dict) or not labels:
+            raise ValueError(f"--pool: {meta} names no recipes; is it from `milr compare --recipes`?")
         rows, seed, budget = {}, None, None
         for label, recipe in labels.items():
             if recipes.setdefault(label, recipe) != recipe:
                 raise ValueError(f"--pool: label {label!r} is {recipes[label]!r} in one comparison and {recipe!r} in {f}")
-            run_dir = _label_run(f, label)
-            rows[label] = load_rows(run_dir, metric)
-            verdicts.setdefault(label, RunRecord(run_dir).oracle().label())
-            run = json.loads((run_dir / "manifest.json").read_text()).get("recipe", {}).get("run", {})
-            seed, budget = run.get("seed", seed), run.get("budget", {}).get("generator_tokens", budget)
+            rows[label], verdict, seed, budget = read_label_run(_label_run(f, label), metric)
+            verdicts.setdefault(label, verdict)
         runs.append((str(f), seed, budget, rows))
         described.append(f"`{f}` (seed {seed}, {len(next(iter(rows.values())))} prompts)")
     pooled = pool_rows(runs)
     summary = summarise(pooled, oracle_label)
-    for label, v in summary.items():
-        v["oracle"] = verdicts[label]
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    md = (f"MILR under each search critic, pooled over {len(runs)} comparisons ({len(next(iter(pooled.values())))} "
-          f"searches per recipe, at most {runs[0][2]} generator tokens per prompt): {', '.join(described)}. Held-out "
-          "metric: each recipe's first `evaluate:` critic; overall = mean of category means, 95% bootstrap intervals over "
-          "searches within categories.\n\n" + table(summary, {lab: recipes[lab] for lab in summary}))
-    (out / "critic-gains.md").write_text(md)
-    (out / "critic-gains.json").write_text(json.dumps({"pooled": [str(f) for f in folders], "recipes": {lab: recipes[lab] for lab in summary},
-                                                       "summary": summary}, indent=2, allow_nan=False))
-    log(md)
-    return out
+    used = {lab: recipes[lab] for lab in summary}
+    header = (f"MILR under each search critic, pooled over {len(runs)} comparisons ({len(next(iter(pooled.values())))} "
+              f"searches per recipe, at most {runs[0][2]} generator tokens per prompt): {', '.join(described)}. Held-out "
+              "metric: each recipe's first `evaluate:` critic; overall = mean of category means, 95% bootstrap intervals "
+              "over searches within categories.")
+    return write_outputs(Path(output_dir), header, summary, verdicts, used, {"pooled": [str(f) for f in folders], "recipes": used}, log)
 
 
 def compare_critics(recipes: dict[str, str], overrides: Sequence[str], output_dir: str | Path,
@@ -228,7 +243,6 @@ def compare_critics(recipes: dict[str, str], overrides: Sequence[str], output_di
                     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> Path:
     """Run every labelled recipe on the same prompts and budget; write and return the output folder."""
     from milr.recipe import load_recipe
-    from milr.records import RunRecord
 
     for label, recipe in recipes.items():  # every recipe valid before anything runs
         load_recipe(recipe, list(overrides))
@@ -237,22 +251,12 @@ def compare_critics(recipes: dict[str, str], overrides: Sequence[str], output_di
     rows, verdicts, seed, budget = {}, {}, None, None
     for label, recipe in recipes.items():
         run_dir = run_label(label, recipe, list(overrides), out)
-        rows[label] = load_rows(run_dir, metric)
-        verdicts[label] = RunRecord(run_dir).oracle().label()
-        manifest = json.loads((run_dir / "manifest.json").read_text())
-        seed = manifest.get("recipe", {}).get("run", {}).get("seed", seed)
-        budget = manifest.get("recipe", {}).get("run", {}).get("budget", {}).get("generator_tokens", budget)
+        rows[label], verdicts[label], seed, budget = read_label_run(run_dir, metric)
         log(f"milr compare: {label}: {run_dir}")
     summary = summarise(rows, oracle_label)
-    for label, v in summary.items():
-        v["oracle"] = verdicts[label]
     first = next(iter(rows.values()))
-    md = (f"MILR under each search critic on the same {len(first)} prompts (seed {seed}), at most {budget} generator "
-          f"tokens per prompt; held-out metric: each recipe's first `evaluate:` critic, per category before → after; "
-          f"overall = mean of category means, 95% bootstrap intervals over prompts within categories. "
-          f"Overrides: `{' '.join(overrides)}`.\n\n" + table(summary, recipes))
-    (out / "critic-gains.md").write_text(md)
-    (out / "critic-gains.json").write_text(json.dumps({"recipes": recipes, "overrides": list(overrides),
-                                                       "summary": summary}, indent=2, allow_nan=False))
-    log(md)
-    return out
+    header = (f"MILR under each search critic on the same {len(first)} prompts (seed {seed}), at most {budget} generator "
+              f"tokens per prompt; held-out metric: each recipe's first `evaluate:` critic, per category before → after; "
+              f"overall = mean of category means, 95% bootstrap intervals over prompts within categories. "
+              f"Overrides: `{' '.join(overrides)}`.")
+    return write_outputs(out, header, summary, verdicts, recipes, {"recipes": recipes, "overrides": list(overrides)}, log)

@@ -203,10 +203,12 @@ def class_names(cfg: DetectorData) -> list[str]:
     """The detector's classes: the world's shapes, then their ``/rough`` tier when the data has one."""
     from milr import world
 
-    names = list(world.SHAPES)
-    if cfg.labels == "reading" and cfg.rough_below is not None:
-        names += [f"{s}/rough" for s in world.SHAPES]
-    return names
+    return list(world.SHAPES) + ([f"{s}/rough" for s in world.SHAPES] if has_rough_tier(cfg) else [])
+
+
+def has_rough_tier(cfg: DetectorData) -> bool:
+    """Whether the labels split each shape into clean and ``/rough`` classes."""
+    return cfg.labels == "reading" and cfg.rough_below is not None
 
 
 def reading_labels(image: np.ndarray, cfg: DetectorData) -> list[str]:
@@ -218,7 +220,7 @@ def reading_labels(image: np.ndarray, cfg: DetectorData) -> list[str]:
     for det in scorer.detect(image):
         if det.score < cfg.min_score:
             continue
-        rough = cfg.rough_below is not None and det.score < cfg.rough_below
+        rough = has_rough_tier(cfg) and det.score < cfg.rough_below
         lines.append(_yolo_line(world.SHAPES.index(det.cls) + (len(world.SHAPES) if rough else 0), det.box))
     return lines
 
@@ -383,8 +385,6 @@ def train_detector(cfg: DetectorTrainConfig, log=print) -> Path:
     """Write the data, train, export the weights and the card; returns the output folder."""
     import torch
 
-    from milr import world
-
     out = Path(cfg.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if cfg.train.threads:
@@ -409,13 +409,12 @@ def train_detector(cfg: DetectorTrainConfig, log=print) -> Path:
     metrics = _val_metrics(out / "yolo")
     calibration = fit_calibration(out / WEIGHTS_FILE, out / "dataset", t.imgsz)
     n_params = sum(p.numel() for p in yolo.model.parameters())
-    names = class_names(cfg.data)
     card = {
         "name": cfg.name,
         "kind": "detector",
-        "classes": names,
+        "classes": class_names(cfg.data),
         # The critic caps a "<shape>/<tier>" detection's score at the tier's value.
-        "tiers": {"rough": cfg.data.rough_score} if len(names) > len(world.SHAPES) else {},
+        "tiers": {"rough": cfg.data.rough_score} if has_rough_tier(cfg.data) else {},
         "imgsz": t.imgsz,
         "arch": cfg.model.arch,
         "parameters": int(n_params),

@@ -17,6 +17,7 @@ held-out binary oracle (GenEval's pass/fail) over all prompts, and of the final 
     python benchmarks/batch_agreement.py --batches 1 64 --repeats 3       # median wall time of 3 interleaved rounds
     python benchmarks/batch_agreement.py --batches 1 64 --threads 1 2     # every batch size at 1 and at 2 torch threads
     python benchmarks/batch_agreement.py --batches 1 64 --critical-path   # and the bound the slowest prompts set
+    python benchmarks/batch_agreement.py --recipe quickstart --batches 1 64 --repeats 3   # the main recipe
 
 With several ``--threads`` each batch size runs at each thread count (interleaved); the speed-up is
 then also given best against best: batch 1 at its fastest thread count (tiny matrices run best on

@@ -195,3 +195,44 @@ def test_shipped_detector_card_matches_the_weights_and_its_markdown():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert (path.parent / "MODEL_CARD.md").read_text() == mod.model_card(card)
+
+
+def test_agreement_decomposition_swaps_in_the_exact_reading():
+    """--decompose: with the detector's boxes, the exact reading's class repairs a detector that names
+    every shape wrongly, and the exact score repairs one whose scores all sit under GenEval's cut."""
+    import dataclasses
+    import importlib.util
+    from pathlib import Path
+
+    from milr.critics.detector import PaletteColorClassifier
+    from milr.world import scorer
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "world_detector_agreement.py"
+    spec = importlib.util.spec_from_file_location("world_detector_agreement", bench)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    class Fake:
+        color_classifier = PaletteColorClassifier(world.COLORS)
+
+        def __init__(self, change):
+            self.change = change
+
+        def _detect(self, arr):
+            return [[self.change(d) for d in scorer.detect(img)] for img in arr]
+
+    rng = np.random.default_rng(5)
+    pairs = []
+    for md in suite.split_prompts("two_object", "train")[:6]:
+        scene = world.sample_scene_for(md, rng)
+        while len(scene.objects) != 2:  # no distractor: renaming every shape must lose a named class
+            scene = world.sample_scene_for(md, rng)
+        pairs.append((torch.from_numpy(world.render(scene)).permute(2, 0, 1).float() / 255, md))
+    other = {s: world.SHAPES[(i + 1) % len(world.SHAPES)] for i, s in enumerate(world.SHAPES)}
+    wrong_class = mod.decompose(Fake(lambda d: dataclasses.replace(d, cls=other[d.cls])), pairs)["two_object"]
+    assert wrong_class["detector"] == 0.0
+    assert wrong_class["exact class"] == wrong_class["exact class + score"] == 1.0
+    assert wrong_class["exact score"] == 0.0
+    unsure = mod.decompose(Fake(lambda d: dataclasses.replace(d, score=0.1)), pairs)["two_object"]
+    assert unsure["detector"] == unsure["exact class"] == 0.0
+    assert unsure["exact score"] == unsure["exact class + score"] == 1.0

@@ -82,14 +82,6 @@ def agreement(critic, pairs: list[tuple[torch.Tensor, dict]], batch: int = 64) -
     return out
 
 
-def _box_iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 DECOMPOSITION = ("detector", "exact class", "exact score", "exact class + score")
 
 
@@ -97,6 +89,7 @@ def decompose(critic, pairs: list[tuple[torch.Tensor, dict]], batch: int = 64) -
     """Agreement per tag with the detector's boxes and, in turn, the exact reading's class / score / both."""
     import dataclasses
 
+    from milr.critics.t2i_spatial import box_iou
     from milr.geneval import evaluate
 
     rows: dict[str, dict[str, list[bool]]] = {}
@@ -108,8 +101,8 @@ def decompose(critic, pairs: list[tuple[torch.Tensor, dict]], batch: int = 64) -
             exact = scorer.detect(px)
             match = []
             for d in dets:
-                best = max(exact, key=lambda e: _box_iou(e.box, d.box), default=None)
-                match.append(best if best is not None and _box_iou(best.box, d.box) >= 0.5 else None)
+                best = max(exact, key=lambda e: box_iou(e.box, d.box), default=None)
+                match.append(best if best is not None and box_iou(best.box, d.box) >= 0.5 else None)
             variants = {
                 "detector": dets,
                 "exact class": [dataclasses.replace(d, cls=m.cls) if m else d for d, m in zip(dets, match)],

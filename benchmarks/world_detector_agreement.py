@@ -89,8 +89,7 @@ def decompose(critic, pairs: list[tuple[torch.Tensor, dict]], batch: int = 64) -
     """Agreement per tag with the detector's boxes and, in turn, the exact reading's class / score / both."""
     import dataclasses
 
-    from milr.critics.t2i_spatial import box_iou
-    from milr.geneval import evaluate
+    from milr.geneval import box_iou, evaluate
 
     rows: dict[str, dict[str, list[bool]]] = {}
     for start in range(0, len(pairs), batch):

@@ -30,7 +30,7 @@ import torch
 
 from milr.image_inputs import check_batch
 from milr.critics.t2i_text import TextAnalyzer, Token, check_chunker, load_analyzer
-from milr.geneval import Detection
+from milr.geneval import Detection, box_iou
 from milr.interfaces import Critic, given_arg
 from milr.registry import CRITICS
 
@@ -48,14 +48,6 @@ COCO_NOUNS = {"dining table": "table", "potted plant": "plant", "cell phone": "p
               "computer mouse": "mouse", "computer keyboard": "keyboard", "tv remote": "remote", "teddy bear": "teddy",
               "sports ball": "ball", "traffic light": "light", "fire hydrant": "hydrant", "hair drier": "hair dryer",
               "motorcycle": "motorbike"}
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def relation_of(prompt: str) -> Optional[str]:

@@ -45,6 +45,15 @@ TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_
 Box = tuple[float, float, float, float]
 
 
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two ``(x1, y1, x2, y2)`` boxes (0 when the union is empty)."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 @dataclass(frozen=True)
 class Detection:
     """One detected object: class name, box ``(x1, y1, x2, y2)`` in pixels (y down), score.
@@ -241,6 +250,7 @@ def geneval_summary(records: Iterable[Any]) -> dict[str, float]:
 
 __all__ = [
     "Detection",
+    "box_iou",
     "GenEvalResult",
     "RELATIONS",
     "TAGS",

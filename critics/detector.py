@@ -476,10 +476,10 @@ class DetectorCritic(Critic):
 
             res = evaluate(md, dets, color_of=color_of)
             self.last_results.append(res)
-            if res.correct and self.mode == "confident":
+            if not res.correct:
+                rewards.append(0.0 if self.mode == "binary" else self.partial_weight * res.partial)
+            elif self.mode == "confident":
                 rewards.append(self.partial_weight + (1.0 - self.partial_weight) * verdict_certainty(md, dets))
-            elif res.correct:
-                rewards.append(1.0)
             else:
-                rewards.append(self.partial_weight * res.partial if self.mode in ("partial", "confident") else 0.0)
+                rewards.append(1.0)
         return torch.tensor(rewards, dtype=torch.float32, device=images.device)

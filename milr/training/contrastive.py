@@ -105,7 +105,7 @@ def train_contrastive(cfg: dict, out: Path, resume: bool = False) -> Path:
                 "calibration": cal,
                 "zscore": zscore_from(cal),
                 "training_data": data.summary(),
-                "training": {"epochs_run": len(module.history), "history": module.history, "seconds": round(seconds, 1),
+                "training": {"epochs_run": len(module.history), "history": module.history, "seconds": round(seconds, 3),
                              "monitor": monitor, "resumed": bool(resume), "started_from": {"clip_model": m["clip_model"], "clip_pretrained": m["clip_pretrained"]}
                              if m["clip_model"] else "random initialisation"},
                 "warnings": data.warnings,

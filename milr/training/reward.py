@@ -174,7 +174,7 @@ def train_reward(cfg: dict, out: Path, resume: bool = False) -> Path:
             "extra": {
                 **extra,
                 "training_data": data.summary(),
-                "training": {"epochs_run": len(module.history), "history": module.history, "seconds": round(seconds, 1),
+                "training": {"epochs_run": len(module.history), "history": module.history, "seconds": round(seconds, 3),
                              "best_checkpoint": os.path.relpath(best, out) if best else None, "monitor": monitor,
                              "resumed": bool(resume), **(init_note or {})},
                 "warnings": warnings_,

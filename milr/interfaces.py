@@ -313,12 +313,14 @@ def multinomial_rows(probs: "torch.Tensor", runs: list[tuple[int, int, Any]]) ->
 
     if probs.dim() != 2:
         raise ValueError(f"probs must be [rows, vocab], got shape {tuple(probs.shape)}")
-    if not bool(((probs.max() < float("inf")) & (probs.min() >= 0)).item()):
+    low, high = torch.aminmax(probs)  # one pass over the rows for torch's check (NaN fails both)
+    if not bool(((high < float("inf")) & (low >= 0)).item()):
         raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
     q = torch.empty_like(probs)
     for s, e, g in runs:
         q[s:e].exponential_(1, generator=g)
-    return torch.div(probs, q).argmax(dim=-1)
+    # p / q into q's own storage: the same quotients, one [rows, vocab] buffer fewer per token.
+    return torch.div(probs, q, out=q).argmax(dim=-1)
 
 
 class MUGModel(ABC):

@@ -194,3 +194,43 @@ def test_batch_prompts_is_checked_with_the_recipe():
 
     with pytest.raises(RecipeError, match="batch_prompts"):
         toy_recipe({"name": "generate"}, batch_prompts=0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
+def test_multinomial_rows_draws_what_torch_multinomial_draws_per_prompt(dtype):
+    # The batched sampler must be torch.multinomial(probs[run], 1, generator=g) run by run, bit for bit:
+    # that is what keeps a prompt's record independent of the prompts that share its batch.
+    import torch
+
+    from milr.interfaces import multinomial_rows
+
+    dt = getattr(torch, dtype)
+    for case in range(40):
+        rng = torch.Generator().manual_seed(case)
+        sizes = torch.randint(1, 5, (torch.randint(1, 6, (1,), generator=rng).item(),), generator=rng).tolist()
+        vocab = int(torch.randint(2, 300, (1,), generator=rng))
+        probs = torch.softmax(3 * torch.randn(sum(sizes), vocab, generator=rng), -1).to(dt)
+        probs[0, : vocab // 2] = 0  # zero-probability entries are never drawn
+        runs, start = [], 0
+        for i, n in enumerate(sizes):
+            runs.append((start, start + n, torch.Generator().manual_seed(1000 * case + i)))
+            start += n
+        got = multinomial_rows(probs, runs)
+        want = torch.cat([torch.multinomial(probs[s:e], 1, generator=torch.Generator().manual_seed(1000 * case + i))[:, 0]
+                          for i, (s, e, _) in enumerate(runs)])
+        assert torch.equal(got, want), (case, sizes, vocab)
+        assert bool((probs.float().gather(1, got[:, None]) > 0).all())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -0.1])
+def test_multinomial_rows_refuses_what_torch_multinomial_refuses(bad):
+    import torch
+
+    from milr.interfaces import multinomial_rows
+
+    probs = torch.full((3, 8), 1 / 8)
+    probs[2, 5] = bad
+    with pytest.raises(RuntimeError, match="inf.*nan.*< 0"):
+        multinomial_rows(probs, [(0, 3, torch.Generator().manual_seed(0))])
+    with pytest.raises(RuntimeError):
+        torch.multinomial(probs, 1)

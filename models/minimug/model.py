@@ -226,8 +226,15 @@ class ImageHead(nn.Module):
         self.key = nn.Linear(48, pix_dim, bias=False)
 
     def forward(self, hidden: torch.Tensor, code_pixels: torch.Tensor) -> torch.Tensor:
+        return self.logits(hidden, self.keys(code_pixels))
+
+    def keys(self, code_pixels: torch.Tensor) -> torch.Tensor:
+        """The codes' pixel keys ``[K, pix_dim]``: the same at every token, so decoding computes them once."""
+        return self.key(code_pixels)
+
+    def logits(self, hidden: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         x = self.proj(hidden)
-        return self.out(x) + self.query(x) @ self.key(code_pixels).T
+        return self.out(x) + self.query(x) @ keys.T
 
 
 class MiniMUGNet(nn.Module):
@@ -652,6 +659,8 @@ class MiniMUG(MUGModel):
             hs, cache = self.net(context.ids.index_select(0, index), context.valid.index_select(0, index))
             cache, h = cache.select(torch.arange(len(index), device=self.device), room=n), hs[:, -1]
         runs = generator_runs(generator, b, num_samples)
+        head = self.net.gen_head
+        keys = head.keys(self.net.code_pixels)  # what image_head computes at every token, once per image
         tokens = torch.zeros(r_rows, n, dtype=torch.long, device=self.device)
         hidden = torch.zeros(r_rows, n, 2, self.hidden_size, dtype=self.dtype, device=self.device) if return_hidden else None
         for i in range(n):
@@ -659,11 +668,12 @@ class MiniMUG(MUGModel):
             if i < forced_len:
                 tok = forced[:, i]
             else:
-                logits = fuse_cfg(self.image_head(hc), self.image_head(hu), w).float()
+                logits = fuse_cfg(head.logits(hc, keys), head.logits(hu, keys), w).float()
                 if temp <= 0:
                     tok = logits.argmax(-1)
                 else:
-                    probs = torch.softmax(logits / temp, dim=-1)
+                    # x / 1.0 == x exactly: skipping it saves a pass over every row's logits
+                    probs = torch.softmax(logits if temp == 1.0 else logits / temp, dim=-1)
                     tok = multinomial_rows(probs, runs)
             tokens[:, i] = tok
             if hidden is not None:

@@ -90,11 +90,12 @@ def decompose(critic, pairs: list[tuple[torch.Tensor, dict]], batch: int = 64) -
     import dataclasses
 
     from milr.geneval import box_iou, evaluate
+    from milr.image_inputs import uint8_hwc
 
     rows: dict[str, dict[str, list[bool]]] = {}
     for start in range(0, len(pairs), batch):
         chunk = pairs[start: start + batch]
-        arr = (torch.stack([p[0] for p in chunk]).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        arr = uint8_hwc(torch.stack([p[0] for p in chunk]))
         for img, (px, md), dets in zip(arr, chunk, critic._detect(arr)):
             truth = scorer.score_image(px, md).correct
             exact = scorer.detect(px)

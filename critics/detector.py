@@ -63,6 +63,7 @@ from milr.argtypes import Fraction, PositiveInt, check_choice
 from milr.critics.shipped import resolve_shipped, shipped
 from milr.geneval import Detection, GenEvalResult, evaluate
 from milr.devices import DType
+from milr.image_inputs import uint8_hwc
 from milr.interfaces import Critic, given_arg
 from milr.registry import CRITICS
 
@@ -458,7 +459,7 @@ class DetectorCritic(Critic):
             if not md or "include" not in md:
                 raise ValueError("detector needs GenEval metadata with 'include' for every image (tag, include, exclude)")
         self._check_classes(metadata)
-        arr = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        arr = uint8_hwc(images)
         detections = self._detect(arr)
         if len(detections) != len(arr):
             raise RuntimeError(f"detector returned {len(detections)} detection lists for {len(arr)} images")

@@ -52,6 +52,7 @@ from milr.hub import hub_offline, module_fingerprint
 from milr.critics.detector import YOLO_COCO_TO_GENEVAL, ClipColorClassifier, DetectorCritic, MaskedDetection
 from milr.critics.vlm_judge import resolve_pretrained
 from milr.geneval import Detection, filter_detections
+from milr.image_inputs import uint8_hwc
 from milr.interfaces import given_arg
 from milr.registry import CRITICS
 
@@ -300,5 +301,5 @@ class GenEvalCritic(DetectorCritic):
 
     def detect(self, images: torch.Tensor) -> list[list[Detection]]:
         """All read-out detections (before GenEval's filter) of ``[B, 3, H, W]`` images in [0, 1]."""
-        arr = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        arr = uint8_hwc(images)
         return self._detect(arr)

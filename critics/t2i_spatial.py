@@ -28,7 +28,7 @@ from typing import Any, Callable, Literal, Mapping, Optional, Sequence, Union
 
 import torch
 
-from milr.image_inputs import check_batch
+from milr.image_inputs import check_batch, uint8_hwc
 from milr.critics.t2i_text import TextAnalyzer, Token, check_chunker, load_analyzer
 from milr.geneval import Detection, box_iou
 from milr.interfaces import Critic, given_arg
@@ -137,7 +137,7 @@ def detection_source(detector: Any) -> Callable[[torch.Tensor], list[list[Detect
         return detector.detect
     if callable(getattr(detector, "_detect", None)):  # DetectorCritic: uint8 HWC arrays in
         def run(images: torch.Tensor) -> list[list[Detection]]:
-            arr = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            arr = uint8_hwc(images)
             return detector._detect(arr)
 
         return run

@@ -84,6 +84,14 @@ def image_batch(images: Any, size: Optional[int] = None) -> "torch.Tensor":
     return torch.stack(tensors)
 
 
+def uint8_hwc(images: "torch.Tensor") -> "Any":
+    """``uint8 [B, H, W, 3]`` numpy pixels of float ``[B, 3, H, W]`` images in [0, 1] (rounded, as
+    an 8-bit file would hold them): what detectors and OpenCV-style pipelines read."""
+    import torch
+
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
 def prompt_list(prompts: Union[str, Sequence[str]], n: int) -> list[str]:
     """One prompt per image: a single string is repeated."""
     if isinstance(prompts, str):

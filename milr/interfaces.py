@@ -318,9 +318,29 @@ def multinomial_rows(probs: "torch.Tensor", runs: list[tuple[int, int, Any]]) ->
         raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
     q = torch.empty_like(probs)
     for s, e, g in runs:
-        q[s:e].exponential_(1, generator=g)
+        exponential_rows(q[s:e], g)
     # p / q into q's own storage: the same quotients, one [rows, vocab] buffer fewer per token.
     return torch.div(probs, q, out=q).argmax(dim=-1)
+
+
+def exponential_rows(out: "torch.Tensor", generator: Any = None) -> "torch.Tensor":
+    """Fill ``out`` with the Exp(1) draws ``out.exponential_(1, generator=generator)`` makes.
+
+    On the CPU torch draws, element by element, a double ``u ~ U[0, 1)`` (53 random bits) and
+    returns ``-log1p(-u)`` cast to ``out``'s dtype (``aten/src/ATen/core/TransformationHelper.h``);
+    that scalar loop took an eighth of a batched image-sampling call (py-spy, 60 prompts at once). Drawing the same doubles with
+    ``uniform_`` (the same generator stream, element by element) and taking ``log1p`` vectorised is
+    about 1.6x faster. The vectorised ``log1p`` may differ from libm's in the double's last bit, so
+    float64 keeps torch's own kernel; for float32 / bfloat16 / float16 the cast hides that bit (0 of
+    3 x 10^8 float32 draws differed in a one-off check; ``tests/test_batching.py``
+    checks 10^7 per dtype). CUDA has its own kernel: unchanged.
+    """
+    import torch
+
+    if out.device.type != "cpu" or out.dtype == torch.float64 or not out.dtype.is_floating_point:
+        return out.exponential_(1, generator=generator)
+    u = torch.empty(out.shape, dtype=torch.float64).uniform_(0, 1, generator=generator)
+    return out.copy_(u.neg_().log1p_().neg_())
 
 
 class MUGModel(ABC):

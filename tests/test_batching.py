@@ -234,3 +234,25 @@ def test_multinomial_rows_refuses_what_torch_multinomial_refuses(bad):
         multinomial_rows(probs, [(0, 3, torch.Generator().manual_seed(0))])
     with pytest.raises(RuntimeError):
         torch.multinomial(probs, 1)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "float64"])
+def test_exponential_rows_draws_what_exponential_draws(dtype):
+    # multinomial_rows's draws must be torch's own, value for value, and leave the generator where
+    # torch's kernel leaves it: the next draws of the prompt depend on it.
+    import torch
+
+    from milr.interfaces import exponential_rows
+
+    dt = getattr(torch, dtype)
+    for seed, shape in [(0, (2500, 2048)), (1, (3, 1)), (2, (7, 5, 11)), (3, (0, 4))]:
+        want_g, got_g = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        want = torch.empty(shape, dtype=dt).exponential_(1, generator=want_g)
+        got = exponential_rows(torch.empty(shape, dtype=dt), got_g)
+        assert got.dtype == dt and torch.equal(got, want), (dtype, shape, int((got != want).sum()))
+        assert torch.equal(got_g.get_state(), want_g.get_state())
+    # rows of a bigger buffer (what multinomial_rows passes) are filled in place, the rest untouched
+    buf = torch.full((4, 16), -1.0, dtype=dt)
+    exponential_rows(buf[1:3], torch.Generator().manual_seed(5))
+    assert torch.equal(buf[1:3], torch.empty(2, 16, dtype=dt).exponential_(1, generator=torch.Generator().manual_seed(5)))
+    assert bool((buf[[0, 3]] == -1).all())

@@ -92,31 +92,39 @@ def main(argv: list[str] | None = None) -> int:
     configs = [(b, th) for b in args.batches for th in thread_counts]
     runs: dict[tuple[int, int], dict[str, dict]] = {}
     times: dict[tuple[int, int], list[float]] = {c: [] for c in configs}
+    # CPU seconds of the process beside wall seconds: on a shared machine the time other jobs take
+    # the core shows in wall time only, so the CPU-time ratio is the steadier of the two.
+    cpu: dict[tuple[int, int], list[float]] = {c: [] for c in configs}
     for rep in range(args.repeats):
         for b, th in configs:
             torch.set_num_threads(th)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             run = {r.id: comparable(r) for r, _ in solve(comps, tasks, b)}
             times[b, th].append(time.perf_counter() - t)
+            cpu[b, th].append(time.process_time() - c)
             if runs.setdefault((b, th), run) != run:
                 raise SystemExit(f"batch {b}, {th} threads: repeat {rep} wrote other records than repeat 0")
-            print(f"  batch {b}, {th} thread(s) (round {rep + 1}): {times[b, th][-1]:.1f} s", flush=True)
+            print(f"  batch {b}, {th} thread(s) (round {rep + 1}): {times[b, th][-1]:.1f} s "
+                  f"(CPU {cpu[b, th][-1]:.1f} s)", flush=True)
     seconds = {c: statistics.median(ts) for c, ts in times.items()}
+    cpu_seconds = {c: statistics.median(ts) for c, ts in cpu.items()}
 
     ref_c = configs[0]
     ref = runs[ref_c]
     steps = sum(r["steps"] for r in ref.values())
     print(f"\nsearch steps (initial generation included): {steps}, {steps / len(ref):.1f} per prompt\n")
     print(f"| batch_prompts | threads | wall s (median of {args.repeats}) | speed-up vs batch {ref_c[0]}, same threads | "
+          f"CPU s (median) | speed-up in CPU s | "
           f"prompts differing | mean final reward | mean {metric} (final) | max |score diff| of a prompt |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for b, th in configs:
         run = runs[b, th]
         differ = [k for k in ref if run[k] != ref[k]]
         rewards = [run[k]["final"]["reward"] for k in ref]
         evals = [run[k]["final"]["eval"].get(metric) for k in ref] if metric else []
         diffs = [abs(run[k]["final"]["reward"] - ref[k]["final"]["reward"]) for k in differ] or [0.0]
-        print(f"| {b} | {th} | {seconds[b, th]:.1f} | {seconds[ref_c[0], th] / seconds[b, th]:.2f}x | {len(differ)} of "
+        print(f"| {b} | {th} | {seconds[b, th]:.1f} | {seconds[ref_c[0], th] / seconds[b, th]:.2f}x | "
+              f"{cpu_seconds[b, th]:.1f} | {cpu_seconds[ref_c[0], th] / cpu_seconds[b, th]:.2f}x | {len(differ)} of "
               f"{len(ref)} ({100 * len(differ) / len(ref):.1f}%) | {mean(rewards):.4f} | "
               f"{mean([e for e in evals if e is not None]):.4f} | {max(diffs):.4f} |")
     for th in thread_counts:

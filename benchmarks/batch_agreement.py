@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[tuple[int, int], dict[str, dict]] = {}
     times: dict[tuple[int, int], list[float]] = {c: [] for c in configs}
     # CPU seconds of the process beside wall seconds: on a shared machine the time other jobs take
-    # the core shows in wall time only, so the CPU-time ratio is the steadier of the two.
+    # from the core shows in wall time only, so the two together tell that apart from the machine
+    # itself running slower.
     cpu: dict[tuple[int, int], list[float]] = {c: [] for c in configs}
     for rep in range(args.repeats):
         for b, th in configs:

@@ -328,12 +328,12 @@ def exponential_rows(out: "torch.Tensor", generator: Any = None) -> "torch.Tenso
 
     On the CPU torch draws, element by element, a double ``u ~ U[0, 1)`` (53 random bits) and
     returns ``-log1p(-u)`` cast to ``out``'s dtype (``aten/src/ATen/core/TransformationHelper.h``);
-    that scalar loop took an eighth of a batched image-sampling call (py-spy, 60 prompts at once). Drawing the same doubles with
-    ``uniform_`` (the same generator stream, element by element) and taking ``log1p`` vectorised is
-    about 1.6x faster. The vectorised ``log1p`` may differ from libm's in the double's last bit, so
-    float64 keeps torch's own kernel; for float32 / bfloat16 / float16 the cast hides that bit (0 of
-    3 x 10^8 float32 draws differed in a one-off check; ``tests/test_batching.py``
-    checks 10^7 per dtype). CUDA has its own kernel: unchanged.
+    that scalar loop took an eighth of a batched image-sampling call (py-spy, 60 prompts at once).
+    Drawing the same doubles with ``uniform_`` (the same generator stream, element by element) and
+    taking ``log1p`` vectorised is about 1.6x faster. The vectorised ``log1p`` may differ from libm's
+    in the double's last bit, so float64 keeps torch's own kernel; for float32 / bfloat16 / float16
+    the cast hides that bit (0 of 3 x 10^8 float32 draws differed in a one-off check;
+    ``tests/test_batching.py`` checks 5 x 10^6 per dtype). CUDA has its own kernel: unchanged.
     """
     import torch
 

@@ -196,6 +196,25 @@ def test_batch_prompts_is_checked_with_the_recipe():
         toy_recipe({"name": "generate"}, batch_prompts=0)
 
 
+def test_batch_agreement_benchmark_takes_recipe_overrides(capsys):
+    """benchmarks/batch_agreement.py passes dotted overrides to the recipe (the faithful preset here:
+    one candidate per step), runs every batch size on them, and refuses a bad one in one line."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import batch_agreement
+
+    assert batch_agreement.main(["--recipe", "quickstart-oracle", "search.preset=faithfull"]) == 2
+    assert "did you mean 'faithful'" in capsys.readouterr().err
+    argv = ["--recipe", "quickstart-oracle", "search.preset=faithful", "--per-tag", "1", "--steps", "1", "--batches", "1", "3"]
+    assert batch_agreement.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "'preset': 'faithful'" in out.splitlines()[0]
+    rows = [line for line in out.splitlines() if line.startswith("| 3 | ")]
+    assert len(rows) == 1 and "| 0 of 6 (0.0%) |" in rows[0]
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
 def test_multinomial_rows_draws_what_torch_multinomial_draws_per_prompt(dtype):
     # The batched sampler must be torch.multinomial(probs[run], 1, generator=g) run by run, bit for bit:

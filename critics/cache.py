@@ -104,6 +104,11 @@ class ScoreCache:
     def __len__(self) -> int:
         return len(self._mem)
 
+    def clear(self) -> None:
+        """Forget every score held in memory and the hit counts (a disk file is left as it is)."""
+        self._mem.clear()
+        self.hits = self.misses = 0
+
     def __contains__(self, key: str) -> bool:
         return key in self._mem
 

@@ -287,6 +287,20 @@ def test_disk_cache_survives_rerun_and_torn_line(tmp_path):
     assert len(ScoreCache(tmp_path)) == 4
 
 
+def test_cache_clear_forgets_memory_and_keeps_the_disk_file(tmp_path):
+    critic = ChannelCritic(0)
+    cached = CachedCritic(critic, cache_dir=tmp_path)
+    x = rand_images(2)
+    cached.score(x, ["p", "p"])
+    cached.score(x, ["p", "p"])
+    assert critic.calls == 2 and cached.cache.hits == 2
+    cached.cache.clear()
+    assert len(cached.cache) == 0 and cached.cache.hits == cached.cache.misses == 0
+    cached.score(x, ["p", "p"])  # scored again by the critic itself
+    assert critic.calls == 4
+    assert len(ScoreCache(tmp_path)) == 2  # the file still holds both keys
+
+
 def _append_many(args):
     cache_dir, worker = args
     cache = ScoreCache(cache_dir)

@@ -53,9 +53,10 @@ from milr.recipe import load_recipe, preflight
 from milr.runner import build_components, each_critic, solve
 
 
-def comparable(record, images: dict) -> tuple[dict, list[float]]:
-    """``(generated, scores)`` of a prompt's record: the record with every number that is a score
-    (every float) set to None and its images' digests added, and those floats in order."""
+def comparable(record, images: dict) -> tuple[dict, list[float], dict]:
+    """``(generated, scores, final)`` of a prompt's record: the record with every number that is a
+    score (every float) set to None and its images' digests added, those floats in order, and the
+    record's ``final`` entry as written."""
     d = record.to_json()
     d.pop("seconds", None)
     for budget in [d.get("budget") or {}] + [t.get("budget") or {} for t in d.get("trace", [])]:
@@ -74,7 +75,7 @@ def comparable(record, images: dict) -> tuple[dict, list[float]]:
 
     generated = strip(d)
     generated["image_digests"] = {k: image_digest(images[k]) for k in ("initial", "final")}
-    return generated, scores
+    return generated, scores, d["final"]
 
 
 # Scores of the same image that differ by no more than this are one score rounded two ways
@@ -83,7 +84,7 @@ ROUNDING = 1e-4
 
 
 def diverged(a: tuple, b: tuple) -> bool:
-    """Whether two ``(generated, scores, final)`` of one prompt come from different searches."""
+    """Whether two :func:`comparable` views of one prompt come from different searches."""
     return a[0] != b[0] or any(abs(x - y) > ROUNDING for x, y in zip(a[1], b[1]))
 
 
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             outcomes = list(solve(comps, tasks, b))
             times[b, th].append(time.perf_counter() - t)
             cpu[b, th].append(time.process_time() - c)
-            run = {r.id: (*comparable(r, images), r.to_json()["final"]) for r, images in outcomes}
+            run = {r.id: comparable(r, images) for r, images in outcomes}
             if runs.setdefault((b, th), run) != run:
                 raise SystemExit(f"batch {b}, {th} threads: repeat {rep} wrote other records than repeat 0")
             print(f"  batch {b}, {th} thread(s) (round {rep + 1}): {times[b, th][-1]:.1f} s "
